@@ -148,7 +148,7 @@ def test_approximate_scores_track_exact_scores():
   exact = jax.vmap(lambda a, b: jax.vmap(
       rearrange.kept_saliency, in_axes=(None, None, 0))(a, b, offsets))(sal0, sal1)
   approx = rearrange.approximate_scores(sal0, sal1) + jnp.sum(sal0, axis=(1, 2))[:, None]
-  # The 20-term quadrature of 1/x is accurate to ~0.5% (it only ranks;
+  # The 12-term exponential sum for 1/x is accurate to ~0.5% (it only ranks;
   # the best offsets are rescored exactly), so H(τ) is off by ≲ 1% of itself.
   np.testing.assert_allclose(approx, exact, atol=3e-3)
 

@@ -192,7 +192,7 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
   if candidates is None:
     best = rearrange.exhaustive_best(sal0, sal1)
   else:
-    best = jax.vmap(rearrange.best_of, in_axes=(0, 0, None))(sal0, sal1, candidates)
+    best = rearrange.best_of_shared(sal0, sal1, candidates)
 
   mixed, mask = jax.vmap(_mix_pair)(
       images.astype(jnp.float32), images[perm].astype(jnp.float32), sal0, sal1, best)
