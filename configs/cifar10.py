@@ -1,0 +1,13 @@
+"""CIFAR-10, PreActResNet18, SAGE: the paper's run with the released code's settings.
+
+    python main.py --config configs/cifar10.py --config.dataset.data_dir=DIR
+
+Every field is documented in sage_jax/config.py and the README; override any
+of them on the command line as --config.<field>=<value>.
+"""
+from sage_jax import config as config_lib
+
+
+def get_config():
+  # The base configuration is this run: PreActResNet18, u = 0.6, η = 0.7.
+  return config_lib.base_config()

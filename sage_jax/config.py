@@ -1,0 +1,151 @@
+"""Training configuration: every field, its default, and validation.
+
+The defaults are the paper's CIFAR-10 run with the released code's settings
+(spec §3); the files in configs/ start from `base_config()` and change what
+differs. `validate_config` checks every field at start-up and raises a
+ValueError that names the field.
+"""
+import numbers
+from typing import Any
+
+import ml_collections
+
+from sage_jax import input_pipeline
+from sage_jax import models
+from sage_jax.augment import SEARCH_MODES
+
+METHODS = ("vanilla", "mixup", "cutmix", "sage")
+LOSSES = ("bce_softmax", "softmax_xent")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's CIFAR-10 PreActResNet18 SAGE run (300 epochs, batch 100)."""
+  config = ml_collections.ConfigDict()
+  config.method = "sage"              # vanilla | mixup | cutmix | sage
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "preactresnet18"
+  config.model.width = 0              # 0 = the architecture's default width
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "cifar10"     # cifar10 | cifar100 | image_folder
+  config.dataset.data_dir = ""        # "" = tfds's default data directory
+
+  config.batch_size = 100             # global, split over all devices
+  config.eval_batch_size = 500        # global; the last test batch is padded
+  config.num_epochs = 300
+  config.num_train_steps = -1         # > 0 overrides num_epochs
+
+  config.learning_rate = 0.2
+  config.lr_boundaries = (100, 200)   # epochs at which lr *= lr_decay
+  config.lr_decay = 0.1
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 1e-4          # coupled: added to the gradient
+  config.loss = "bce_softmax"         # bce_softmax | softmax_xent
+
+  config.sage = ml_collections.ConfigDict()
+  config.sage.alpha = 1.0
+  config.sage.upper_lambda = 0.6
+  config.sage.mix_grad_weight = 0.7   # η: weight of the mixed-batch gradient
+  config.sage.sigma = 1.0
+  config.sage.kernel_size = 5
+  config.sage.search = "sampled"      # sampled | exhaustive | none
+  config.sage.sample_fraction = 0.01
+
+  config.mix_alpha = 1.0              # Beta(α, α) of the mixup/cutmix baselines
+
+  config.seed = 0
+  config.log_every_steps = 100
+  config.eval_every_steps = -1        # -1 = once per epoch
+  config.checkpoint_every_steps = -1  # -1 = once per epoch
+  config.half_precision = False       # bf16 compute (GPU/TPU); fp32 as the paper
+  config.cross_device_batch_norm = False  # BN batch statistics over all devices
+  config.multi_host = False           # call jax.distributed.initialize()
+  config.num_devices = 0              # 0 = all devices (of all hosts)
+  return config
+
+
+def _fail(field: str, value: Any, requirement: str):
+  raise ValueError(f"config.{field} {requirement}; got {value!r}.")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field of `config`."""
+  def check(field, ok, requirement):
+    value = config
+    for part in field.split("."):
+      if part not in value:
+        raise ValueError(f"config.{field} is missing; start from "
+                         "sage_jax.config.base_config().")
+      value = value[part]
+    if not ok(value):
+      _fail(field, value, requirement)
+
+  one_of = lambda options: (lambda v: v in options, f"must be one of {options}")
+  positive_int = (lambda v: _is_int(v) and v > 0, "must be a positive int")
+  positive = (lambda v: _is_number(v) and v > 0, "must be a positive number")
+  non_negative = (lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
+  unit = (lambda v: _is_number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+  boolean = (lambda v: isinstance(v, bool), "must be True or False")
+  steps = (lambda v: _is_int(v) and (v > 0 or v == -1),
+           "must be a positive int, or -1 for once per epoch")
+
+  rules = {
+      "method": one_of(METHODS),
+      "model.name": one_of(models.MODEL_NAMES),
+      "model.width": (lambda v: _is_int(v) and v >= 0,
+                      "must be an int >= 0 (0 = the architecture's default)"),
+      "dataset.name": one_of(input_pipeline.DATASET_NAMES),
+      "dataset.data_dir": (lambda v: isinstance(v, str), "must be a string"),
+      "batch_size": positive_int,
+      "eval_batch_size": positive_int,
+      "num_epochs": positive_int,
+      "num_train_steps": (lambda v: _is_int(v) and (v > 0 or v == -1),
+                          "must be a positive int, or -1 to use num_epochs"),
+      "learning_rate": positive,
+      "lr_boundaries": (lambda v: isinstance(v, (tuple, list)) and all(
+          _is_number(b) and b > 0 for b in v) and list(v) == sorted(v),
+                        "must be an increasing sequence of positive epochs"),
+      "lr_decay": positive,
+      "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "must lie in [0, 1)"),
+      "nesterov": boolean,
+      "weight_decay": non_negative,
+      "loss": one_of(LOSSES),
+      "sage.alpha": positive,
+      "sage.upper_lambda": unit,
+      "sage.mix_grad_weight": unit,
+      "sage.sigma": positive,
+      "sage.kernel_size": (lambda v: _is_int(v) and v > 0 and v % 2 == 1,
+                           "must be an odd positive int"),
+      "sage.search": one_of(SEARCH_MODES),
+      "sage.sample_fraction": (lambda v: _is_number(v) and 0 < v <= 1,
+                               "must lie in (0, 1]"),
+      "mix_alpha": positive,
+      "seed": (lambda v: _is_int(v) and v >= 0, "must be an int >= 0"),
+      "log_every_steps": positive_int,
+      "eval_every_steps": steps,
+      "checkpoint_every_steps": steps,
+      "half_precision": boolean,
+      "cross_device_batch_norm": boolean,
+      "multi_host": boolean,
+      "num_devices": (lambda v: _is_int(v) and v >= 0,
+                      "must be an int >= 0 (0 = all devices)"),
+  }
+  for field, (ok, requirement) in rules.items():
+    check(field, ok, requirement)
+  if config.multi_host and config.num_devices:
+    _fail("num_devices", config.num_devices,
+          "must be 0 (all devices) when multi_host=True")
+  if config.dataset.name == "image_folder" and not config.dataset.data_dir:
+    _fail("dataset.data_dir", config.dataset.data_dir,
+          "must name the image folder root (with train/ and test/) when "
+          "dataset.name='image_folder'")
