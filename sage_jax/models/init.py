@@ -142,6 +142,18 @@ def dense(features: int,
       name=name)
 
 
+def pooled_logits(x: jax.Array, num_classes: int, dtype: Any) -> jax.Array:
+  """Global average pool of (B, H, W, C) features, then the dense "head".
+
+  Call inside a compact ``__call__``: the head becomes a submodule named
+  ``head`` of the calling module. Returns float32 (B, num_classes) logits.
+  """
+  pooled = jnp.mean(x, axis=(1, 2))
+  logits = dense(num_classes, in_features=pooled.shape[-1], dtype=dtype,
+                 name="head")(pooled)
+  return logits.astype(jnp.float32)
+
+
 def batch_norm(*,
                train: bool,
                axis_name: str | None,

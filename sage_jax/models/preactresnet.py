@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from sage_jax.models.init import batch_norm, conv, dense
+from sage_jax.models.init import batch_norm, conv, pooled_logits
 
 Dtype = Any
 
@@ -111,10 +111,7 @@ class PreActResNet(nn.Module):
                         name=f"stage{stage + 1}_block{block + 1}")(
                             x, train=train)
     # No final BN/ReLU: the reference network pools the raw residual stream.
-    pooled = jnp.mean(x, axis=(1, 2))
-    logits = dense(self.num_classes, in_features=pooled.shape[-1],
-                   dtype=self.dtype, name="head")(pooled)
-    return logits.astype(jnp.float32)
+    return pooled_logits(x, self.num_classes, self.dtype)
 
 
 def preactresnet18(*, num_classes: int, width: int = PREACTRESNET18_WIDTH,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from sage_jax.models.init import (batch_norm, conv, dense,
+from sage_jax.models.init import (batch_norm, conv, pooled_logits,
                                   kaiming_normal_fan_out, scaled_channels)
 
 Dtype = Any
@@ -140,10 +140,7 @@ class ResNeXt(nn.Module):
                               dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                               name=f"stage{stage + 1}_block{block + 1}")(
                                   x, train=train)
-    pooled = jnp.mean(x, axis=(1, 2))
-    logits = dense(self.num_classes, in_features=pooled.shape[-1],
-                   dtype=self.dtype, name="head")(pooled)
-    return logits.astype(jnp.float32)
+    return pooled_logits(x, self.num_classes, self.dtype)
 
 
 def resnext29_4_24(*, num_classes: int, width: int = RESNEXT29_WIDTH,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from sage_jax.models.init import batch_norm, conv, dense, scaled_channels
+from sage_jax.models.init import batch_norm, conv, pooled_logits, scaled_channels
 
 Dtype = Any
 
@@ -115,10 +115,7 @@ class WideResNet(nn.Module):
     x = nn.relu(batch_norm(train=train, axis_name=self.bn_axis_name,
                            dtype=self.dtype, momentum=_FINAL_BN_MOMENTUM,
                            name="final_bn")(x))
-    pooled = jnp.mean(x, axis=(1, 2))
-    logits = dense(self.num_classes, in_features=pooled.shape[-1],
-                   dtype=self.dtype, name="head")(pooled)
-    return logits.astype(jnp.float32)
+    return pooled_logits(x, self.num_classes, self.dtype)
 
 
 def wrn16_8(*, num_classes: int, width: int = WRN16_8_WIDTH,
