@@ -1,15 +1,23 @@
 """Helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
+import math
 import os
+import re
+import sys
 import tarfile
 import tempfile
 import time
+from typing import Any, NamedTuple
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ARCHIVE = os.path.join(os.path.dirname(REPO), "shared", "data",
                                "cifar10-jpeg.tar.gz")
 DEFAULT_EXTRACT_DIR = os.path.join(tempfile.gettempdir(), "sage_jax_cifar10")
+if REPO not in sys.path:  # for the sage_jax imports of the helpers below
+  sys.path.insert(0, REPO)
 
 
 def extract(archive: str = DEFAULT_ARCHIVE, dest: str = DEFAULT_EXTRACT_DIR) -> str:
@@ -30,3 +38,144 @@ def extract(archive: str = DEFAULT_ARCHIVE, dest: str = DEFAULT_EXTRACT_DIR) -> 
     tar.extractall(dest, filter="data")
   print(f"extracted {archive} -> {root} in {time.perf_counter() - start:.1f} s")
   return root
+
+
+# --- Train-step helpers shared by step_bench.py and scaling.py ---------------------------
+
+# Bits per element of each XLA primitive type that can appear in an HLO shape.
+HLO_TYPE_BITS = {
+    "pred": 8, "s2": 2, "u2": 2, "s4": 4, "u4": 4, "s8": 8, "u8": 8,
+    "s16": 16, "u16": 16, "s32": 32, "u32": 32, "s64": 64, "u64": 64,
+    "f4e2m1fn": 4, "f8e3m4": 8, "f8e4m3": 8, "f8e4m3fn": 8, "f8e4m3b11fnuz": 8,
+    "f8e4m3fnuz": 8, "f8e5m2": 8, "f8e5m2fnuz": 8, "f8e8m0fnu": 8,
+    "bf16": 16, "f16": 16, "f32": 32, "f64": 64, "c64": 64, "c128": 128,
+}
+_SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9, ]*)\]")
+# `%name = <result shape> all-reduce(<operands>), attributes...`; also
+# all-reduce-start (the async form on GPU/TPU). all-reduce-done is not matched,
+# so an async all-reduce is counted once.
+_ALL_REDUCE = re.compile(r"=\s*(?P<result>.*?)\s(?:all-reduce|all-reduce-start)\(")
+
+
+def hlo_shape_bytes(text: str) -> int:
+  """Total bytes of every array shape written in `text`, e.g.
+  "(f32[3,3,64,64]{3,2,1,0}, bf16[10]{0})" -> 147456 + 20."""
+  total = 0
+  for dtype, dims in _SHAPE.findall(text):
+    if dtype not in HLO_TYPE_BITS:
+      continue
+    elements = math.prod(int(d) for d in dims.split(",") if d.strip())
+    total += (elements * HLO_TYPE_BITS[dtype] + 7) // 8
+  return total
+
+
+def _operand_list(line: str, start: int) -> str:
+  """The text between the parenthesis at `line[start]` and its match."""
+  depth = 0
+  for i in range(start, len(line)):
+    if line[i] == "(":
+      depth += 1
+    elif line[i] == ")":
+      depth -= 1
+      if depth == 0:
+        return line[start + 1:i]
+  return line[start + 1:]
+
+
+def all_reduce_bytes(hlo_text: str) -> int:
+  """Bytes all-reduced by one execution of an HLO module (from its text).
+
+  Sums the operand sizes of every `all-reduce` and `all-reduce-start`
+  instruction (each element of a tuple-shaped, combined all-reduce counts),
+  i.e. the data each device contributes. Operands are read from the operand
+  list when it carries shapes ("all-reduce(f32[16]{0} %x)"), otherwise from
+  the result shape, which equals them for an all-reduce (jax 0.10 prints
+  "(f32[16]{0}, f32[]) all-reduce(%x, %y)"). An op inside a loop body is
+  counted once, not per iteration.
+  """
+  total = 0
+  for line in hlo_text.splitlines():
+    match = _ALL_REDUCE.search(line)
+    if match is None:
+      continue
+    operands = hlo_shape_bytes(_operand_list(line, match.end() - 1))
+    total += operands if operands else hlo_shape_bytes(match.group("result"))
+  return total
+
+
+def tree_bytes(tree) -> int:
+  """Bytes of the arrays (or ShapeDtypeStructs) in a pytree."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def describe_device(device) -> str:
+  """E.g. 'NVIDIA H100 80GB HBM3 (gpu)' or 'cpu (2 cores)'."""
+  if device.platform == "cpu":
+    return f"{device.device_kind} ({os.cpu_count()} cores)"
+  return f"{device.device_kind} ({device.platform})"
+
+
+def make_config(method: str, overrides: dict | None = None, *, model: str,
+                width: int, batch: int):
+  """base_config() for `method` ("vanilla", "sage", "sage sampled", ...: the
+  first word) with the model, width, global batch and `overrides`
+  ({"section.field": value}) set, validated."""
+  from sage_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.method = method.split()[0]
+  config.model.name = model
+  config.model.width = width
+  config.batch_size = batch
+  for field, value in (overrides or {}).items():
+    section, name = field.split(".")
+    config[section][name] = value
+  config_lib.validate_config(config)
+  return config
+
+
+class StepRun(NamedTuple):
+  seconds: float      # median wall time of one step (after the compile step)
+  hlo: str            # text of the compiled program that was timed
+  param_bytes: int    # bytes of the model parameters
+  initial_state: Any  # the fresh state (host, checkpoint layout), for reuse
+
+
+def run_train_step(config, mesh, steps: int, image_size: int = 32,
+                   initial_state=None) -> StepRun:
+  """Compiles `train.create_components(config, mesh).train_step` for a global
+  batch of `config.batch_size` random uint8 images (sharded over the mesh's
+  'data' axis) and times `steps` steps after one warm-up step.
+
+  `initial_state`: a previous run's `StepRun.initial_state` for the same
+  model and optimizer (skips compiling the initialisation again).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from sage_jax import train  # pylint: disable=g-import-not-at-top
+
+  image_shape = (image_size, image_size, 3)
+  parts = train.create_components(config, mesh, num_classes=10, mean=(0.5,) * 3,
+                                  std=(0.25,) * 3, steps_per_epoch=500)
+  if initial_state is None:
+    initial_state = jax.device_get(jax.jit(
+        lambda: train.init_state(config, parts.model, parts.tx, image_shape))())
+  state = train.to_device_state(initial_state, mesh)
+  rng = np.random.default_rng(0)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.AXIS))
+  images = jax.device_put(
+      rng.integers(0, 256, (config.batch_size,) + image_shape, dtype=np.uint8),
+      sharding)
+  labels = jax.device_put(rng.integers(0, 10, config.batch_size).astype(np.int32),
+                          sharding)
+  step = parts.train_step.lower(state, images, labels).compile()
+  state, metrics = step(state, images, labels)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step(state, images, labels)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return StepRun(float(np.median(times)), step.as_text(),
+                 tree_bytes(initial_state.params), initial_state)

@@ -2,6 +2,7 @@
 
     python benchmarks/step_bench.py [--model preactresnet18] [--width 64]
                                     [--batch 128] [--steps 5]
+    python benchmarks/step_bench.py --table [--table_out runtime_table.md]
 
 Prints, measured in one process on one device: the jitted train-step time of
 vanilla, mixup, cutmix, SAGE (sampled search) and SAGE (exhaustive search) on
@@ -9,6 +10,13 @@ the same model and batch, each as a ratio to vanilla, and images/s with the
 projected hours for 300 CIFAR-10 epochs. Then, in a subprocess with 8 (forced
 host) devices, the number of cross-device collectives in the compiled SAGE
 step and the vanilla step (SAGE must add none).
+
+With --table the batch defaults to the paper's 100 and it also prints (and
+with --table_out writes) this machine's analogue of Table 3 of the paper's
+supplement as Markdown: step time, ratio to vanilla and projected hours for
+300 epochs of CIFAR-10 at batch 100 (500 steps per epoch), beside the paper's
+T4 GPU hours. An explicit --batch other than 100 is scaled to batch 100 at
+constant images/s, and the table says so.
 """
 from __future__ import annotations
 
@@ -16,15 +24,15 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
-from sage_jax import config as config_lib
 from sage_jax import train
+import common
 
 METHODS = (("vanilla", {}), ("mixup", {}), ("cutmix", {}),
            ("sage sampled", {"sage.search": "sampled"}),
@@ -33,43 +41,64 @@ COLLECTIVE_OPS = ("all-reduce(", "all-reduce-start(", "all-gather(",
                   "all-gather-start(", "all-to-all(", "collective-permute(",
                   "collective-permute-start(", "reduce-scatter(")
 CIFAR_TRAIN_IMAGES = 50_000
+EPOCHS = 300
+PAPER_BATCH = 100
+# Supplement Table 3: PreActResNet18 on CIFAR-10, 300 epochs, batch 100, one
+# NVIDIA T4; GPU hours. (The paper has no exhaustive-search SAGE.)
+PAPER_T4_HOURS = {"vanilla": 3.35, "mixup": 3.29, "cutmix": 3.38,
+                  "sage sampled": 6.83}
 
 
-def make_config(method: str, overrides: dict, args) -> config_lib.ml_collections.ConfigDict:
-  config = config_lib.base_config()
-  config.method = method.split()[0]
-  config.model.name = args.model
-  config.model.width = args.width
-  config.batch_size = args.batch
-  for field, value in overrides.items():
-    section, name = field.split(".")
-    config[section][name] = value
-  config_lib.validate_config(config)
-  return config
+def make_config(method: str, overrides: dict, args):
+  return common.make_config(method, overrides, model=args.model,
+                            width=args.width, batch=args.batch)
 
 
-def time_step(config, mesh, steps: int) -> float:
-  """Median seconds of one train step (after a compile/warm-up step)."""
-  parts = train.create_components(config, mesh, num_classes=10, mean=(0.5,) * 3,
-                                  std=(0.25,) * 3, steps_per_epoch=500)
-  state = jax.device_get(jax.jit(
-      lambda: train.init_state(config, parts.model, parts.tx, (32, 32, 3)))())
-  state = train.to_device_state(state, mesh)
-  rng = np.random.default_rng(0)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  images = jax.device_put(rng.integers(0, 256, (config.batch_size, 32, 32, 3),
-                                       dtype=np.uint8), sharding)
-  labels = jax.device_put(rng.integers(0, 10, config.batch_size).astype(np.int32),
-                          sharding)
-  state, metrics = parts.train_step(state, images, labels)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = parts.train_step(state, images, labels)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+def projected_hours(seconds: float, batch: int, epochs: int = EPOCHS) -> float:
+  """Hours for `epochs` of CIFAR-10 at `seconds` per step of `batch` images."""
+  return epochs * CIFAR_TRAIN_IMAGES / batch * seconds / 3600
+
+
+def runtime_table(times: dict, *, batch: int, device: str, model: str,
+                  steps: int) -> str:
+  """Markdown analogue of the supplement's Table 3 from measured step times.
+
+  Args:
+    times: method -> median seconds of one train step of `batch` images;
+      must contain "vanilla".
+    batch: the batch the times were measured at. Hours are for batch 100
+      (500 steps per epoch); another batch is scaled to it at constant
+      images/s, which the table states.
+    device, model: what the times were measured on, for the caption.
+    steps: how many timed steps each median is over, for the caption.
+  """
+  steps_per_epoch = CIFAR_TRAIN_IMAGES // PAPER_BATCH
+  lines = [
+      f"Train-step cost on {device}, one device; model {model}; 32×32×3 images, "
+      f"fp32; median of {steps} steps after compilation.",
+      "",
+  ]
+  if batch != PAPER_BATCH:
+    lines += [f"Step times measured at batch {batch}; the hours are scaled to "
+              f"batch {PAPER_BATCH} assuming the same images/s "
+              f"(step time × {PAPER_BATCH}/{batch}).", ""]
+  lines += [
+      f"| method | step ms (batch {batch}) | / vanilla | hours, {EPOCHS} epochs "
+      f"(batch {PAPER_BATCH}, {steps_per_epoch} steps/epoch) | paper T4 hours | "
+      "paper / vanilla |",
+      "|---|---:|---:|---:|---:|---:|",
+  ]
+  for method, seconds in times.items():
+    paper = PAPER_T4_HOURS.get(method)
+    paper_cells = (f"{paper:.2f} | {paper / PAPER_T4_HOURS['vanilla']:.2f}"
+                   if paper is not None else "– | –")
+    lines.append(
+        f"| {method} | {1e3 * seconds:.1f} | {seconds / times['vanilla']:.2f} | "
+        f"{projected_hours(seconds, batch):.2f} | {paper_cells} |")
+  lines += ["", "Paper (supplement Table 3): PreActResNet18 (width 64) on CIFAR-10, "
+            f"batch {PAPER_BATCH}, {EPOCHS} epochs, one NVIDIA T4: SAGE / vanilla = "
+            f"{PAPER_T4_HOURS['sage sampled'] / PAPER_T4_HOURS['vanilla']:.2f}."]
+  return "\n".join(lines) + "\n"
 
 
 def count_collectives(args) -> dict:
@@ -88,11 +117,18 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="preactresnet18")
   parser.add_argument("--width", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--batch", type=int, default=None,
+                      help="global batch (default 128; 100 with --table)")
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--table", action="store_true",
+                      help="also print the Markdown runtime table (Table 3)")
+  parser.add_argument("--table_out", default="",
+                      help="with --table: also write the table to this file")
   parser.add_argument("--collectives-only", action="store_true",
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.batch is None:
+    args.batch = PAPER_BATCH if args.table else 128
 
   if args.collectives_only:
     counts = count_collectives(args)
@@ -105,19 +141,34 @@ def main():
         f"{args.width}, batch {args.batch}, 32x32x3, one device")
   times = {}
   for method, overrides in METHODS:
-    times[method] = time_step(make_config(method, overrides, args), mesh, args.steps)
+    times[method] = common.run_train_step(make_config(method, overrides, args),
+                                          mesh, args.steps).seconds
   print(f"{'method':16s} {'step ms':>9s} {'/vanilla':>9s} {'images/s':>9s} "
         f"{'h/300 ep':>9s}")
   for method, seconds in times.items():
-    hours = 300 * CIFAR_TRAIN_IMAGES / args.batch * seconds / 3600
     print(f"{method:16s} {1e3 * seconds:9.1f} {seconds / times['vanilla']:9.3f} "
-          f"{args.batch / seconds:9.1f} {hours:9.1f}")
+          f"{args.batch / seconds:9.1f} {projected_hours(seconds, args.batch):9.1f}")
 
+  if args.table:
+    table = runtime_table(
+        times, batch=args.batch, device=common.describe_device(devices[0]),
+        model=f"{args.model} width {args.width}", steps=args.steps)
+    print()
+    print(table, end="")
+    if args.table_out:
+      with open(args.table_out, "w") as f:
+        f.write(table)
+      print(f"wrote {args.table_out}")
+    print()
+
+  # The 8-device program needs a batch divisible by 8 (e.g. 100 -> 104).
+  collective_batch = -(-args.batch // 8) * 8
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   result = subprocess.run(
       [sys.executable, os.path.abspath(__file__), "--collectives-only",
-       "--model", args.model, "--width", str(args.width), "--batch", str(args.batch)],
+       "--model", args.model, "--width", str(args.width),
+       "--batch", str(collective_batch)],
       env=env, capture_output=True, text=True, check=True)
   print("collectives in the compiled 8-device step:", result.stdout.strip().splitlines()[-1])
 

@@ -12,6 +12,7 @@ import ml_collections
 
 from sage_jax import input_pipeline
 from sage_jax import models
+from sage_jax.augment import MASK_MODES
 from sage_jax.augment import SEARCH_MODES
 
 METHODS = ("vanilla", "mixup", "cutmix", "sage")
@@ -52,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.sage.kernel_size = 5
   config.sage.search = "sampled"      # sampled | exhaustive | none
   config.sage.sample_fraction = 0.01
+  config.sage.mask = "saliency"       # saliency | constant (the "w/o SM" ablation)
 
   config.mix_alpha = 1.0              # Beta(α, α) of the mixup/cutmix baselines
 
@@ -129,6 +131,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       "sage.search": one_of(SEARCH_MODES),
       "sage.sample_fraction": (lambda v: _is_number(v) and 0 < v <= 1,
                                "must lie in (0, 1]"),
+      "sage.mask": one_of(MASK_MODES),
       "mix_alpha": positive,
       "seed": (lambda v: _is_int(v) and v >= 0, "must be an int >= 0"),
       "log_every_steps": positive_int,

@@ -145,7 +145,7 @@ def make_train_step_body(model, tx, loss_fn, config, num_classes, mean, std,
       sigma=config.sage.sigma, kernel_size=config.sage.kernel_size,
       num_classes=num_classes, alpha=config.sage.alpha,
       upper_lambda=config.sage.upper_lambda, search=config.sage.search,
-      sample_fraction=config.sage.sample_fraction)
+      sample_fraction=config.sage.sample_fraction, mask=config.sage.mask)
   baseline_mix = {"mixup": augment.mixup, "cutmix": augment.cutmix}.get(method)
 
   def body(state: TrainState, images_uint8, labels):
@@ -349,26 +349,43 @@ def _global_batch(batch: dict, sharding) -> tuple:
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
-  """Runs `iterator` in a background thread, `size` items ahead."""
+  """Runs `iterator` in a background thread, `size` items ahead.
+
+  Closing (or garbage-collecting) the returned generator stops the thread.
+  """
   items: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
   done = object()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        items.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
 
   def worker():
     try:
       for item in iterator:
-        items.put(item)
-      items.put(done)
+        if not put(item):
+          return
+      put(done)
     except BaseException as error:  # re-raised in the consumer
-      items.put(error)
+      put(error)
 
   threading.Thread(target=worker, daemon=True).start()
-  while True:
-    item = items.get()
-    if item is done:
-      return
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  try:
+    while True:
+      item = items.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
 
 
 def train_iterator(data: input_pipeline.InMemoryDataset, config, start_step: int,
@@ -518,6 +535,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     # Also on an interruption: let a pending asynchronous save finish, so that
     # the checkpoint directory is never left half-written by this process.
+    batches.close()
     progress.close()
     checkpointer.close()
     writer.close()
@@ -529,6 +547,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
     logging.info("Summary: %s", summary)
+    try:
+      from sage_jax import curves  # pylint: disable=g-import-not-at-top
+      curves.write_curves(
+          [workdir], os.path.join(workdir, "curves.png"),
+          title=f"{config.method}: {config.model.name} on {config.dataset.name}")
+    except Exception as error:  # pylint: disable=broad-except
+      # A plotting problem must never fail a finished run.
+      logging.warning("Could not write %s/curves.png: %s", workdir, error)
     print(f"best test accuracy {summary['best_test_accuracy']:.4f} (step "
           f"{summary['best_test_step']}), median of last 10 "
           f"{summary['median_last10_test_accuracy']:.4f}")

@@ -68,8 +68,11 @@ def all_offsets(height, width):
           for dx in range(-(width - 1), width)]
 
 
-def sage(images, targets, saliency, lam, perm, offsets):
+def sage(images, targets, saliency, lam, perm, offsets, mask="saliency"):
   """SAGE with given λ, permutation and candidate offsets (first max wins).
+
+  mask="constant" is the "w/o SM" ablation: same search, but M = λ at every
+  pixel (zero-filled pixels count as the partner's), so γ = λ.
 
   Returns (images, labels, gamma, chosen offsets) as float64 / int arrays.
   """
@@ -93,10 +96,13 @@ def sage(images, targets, saliency, lam, perm, offsets):
         best, best_value = (dy, dx), value
     dy, dx = best
     moved = shift(sal1, dy, dx)
-    mask = sal0 / np.maximum(sal0 + moved, 1e-16)
+    if mask == "constant":
+      weights = np.full(moved.shape, float(lam))
+    else:
+      weights = sal0 / np.maximum(sal0 + moved, 1e-16)
     partner = shift(images[j], dy, dx)
-    out_images[i] = mask[..., None] * images[i] + (1.0 - mask[..., None]) * partner
-    gammas[i] = mask.mean()
+    out_images[i] = weights[..., None] * images[i] + (1.0 - weights[..., None]) * partner
+    gammas[i] = weights.mean()
     out_labels[i] = gammas[i] * targets[i] + (1.0 - gammas[i]) * targets[j]
     chosen[i] = best
   return out_images, out_labels, gammas, chosen

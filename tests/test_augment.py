@@ -362,3 +362,119 @@ def test_baselines_jit_and_batch_of_one():
     b = fn(jax.random.key(0), images, labels, num_classes=5)
     np.testing.assert_allclose(a.images, b.images, atol=1e-6)
     np.testing.assert_allclose(a.images, images, atol=1e-6)  # paired with itself
+
+
+# --- sage(mask="constant"): the "w/o SM" ablation ------------------------------------
+
+SAGE_JIT_MASK = jax.jit(augment.sage, static_argnames=(
+    "search", "sample_fraction", "num_classes", "mask"))
+
+
+@pytest.mark.parametrize("search", augment.SEARCH_MODES)
+def test_constant_mask_keeps_offsets_and_matches_reference(search):
+  images, labels, saliency = make_batch(20, 8, 12, 10)
+  key = jax.random.key(21)
+  kwargs = dict(num_classes=5, upper_lambda=0.6, search=search, sample_fraction=0.05)
+  guided = augment.sage(key, images, labels, saliency, **kwargs)
+  constant = augment.sage(key, images, labels, saliency, mask="constant", **kwargs)
+  # Same λ, partners and search: only the mix differs.
+  np.testing.assert_array_equal(constant.offset, guided.offset)
+  np.testing.assert_array_equal(constant.perm, guided.perm)
+  lam = 0.6 * float(jax.random.beta(jax.random.split(key, 3)[0], 1.0, 1.0))
+  np.testing.assert_allclose(constant.lam, lam, atol=1e-6)   # γ_i = λ
+  # The NumPy reference, given row i's chosen offset, mixes with M = λ.
+  for i in range(8):
+    want_images, want_labels, want_gamma, _ = ref.sage(
+        images, onehot(labels, 5), saliency, lam,
+        np.asarray(constant.perm), [tuple(np.asarray(constant.offset[i]))],
+        mask="constant")
+    np.testing.assert_allclose(constant.images[i], want_images[i], atol=1e-5)
+    np.testing.assert_allclose(constant.labels[i], want_labels[i], atol=1e-6)
+    np.testing.assert_allclose(constant.lam[i], want_gamma[i], atol=1e-6)
+
+
+def test_constant_mask_matches_reference_with_overrides():
+  images, labels, saliency = make_batch(22, 6, 8, 8)
+  perm = np.array([3, 0, 5, 1, 2, 4], np.int32)
+  offsets = np.array([[0, 0], [2, -3], [-1, 4], [7, 0], [1, 1]], np.int32)
+  out = augment.sage(jax.random.key(0), images, labels, saliency, lam=0.35,
+                     perm=perm, offsets=offsets, num_classes=5, mask="constant")
+  want_images, want_labels, want_gamma, want_offset = ref.sage(
+      images, onehot(labels, 5), saliency, 0.35, perm,
+      [tuple(o) for o in offsets], mask="constant")
+  np.testing.assert_array_equal(out.offset, want_offset)
+  np.testing.assert_allclose(out.images, want_images, atol=1e-5)
+  np.testing.assert_allclose(out.labels, want_labels, atol=1e-6)
+  np.testing.assert_allclose(out.lam, 0.35, atol=1e-7)
+  np.testing.assert_allclose(want_gamma, 0.35)
+  # Formula by hand for one row: λ·x_i + (1-λ)·T_τ(x_π(i)), zero fill included.
+  i = 1
+  dy, dx = np.asarray(out.offset[i])
+  partner = ref.shift(images[perm[i]], int(dy), int(dx))
+  np.testing.assert_allclose(out.images[i], 0.35 * images[i] + 0.65 * partner,
+                             atol=1e-5)
+
+
+def test_constant_mask_without_shift_is_mixup():
+  images, labels, saliency = make_batch(23, 6, 9, 9)
+  key = jax.random.key(5)
+  mixed = augment.mixup(key, images, labels, num_classes=5)
+  out = augment.sage(key, images, labels, saliency, num_classes=5, search="none",
+                     mask="constant", lam=mixed.lam[0], perm=mixed.perm)
+  np.testing.assert_allclose(out.images, mixed.images, atol=1e-6)
+  np.testing.assert_allclose(out.labels, mixed.labels, atol=1e-6)
+
+
+@pytest.mark.parametrize("search", augment.SEARCH_MODES)
+def test_constant_mask_jit_equals_eager(search):
+  images, labels, saliency = make_batch(24, 8, 12, 12)
+  key = jax.random.key(8)
+  kwargs = dict(num_classes=5, search=search, upper_lambda=0.7, mask="constant")
+  eager = augment.sage(key, images, labels, saliency, **kwargs)
+  jitted = SAGE_JIT_MASK(key, images, labels, saliency, **kwargs)
+  np.testing.assert_array_equal(eager.offset, jitted.offset)
+  np.testing.assert_allclose(eager.images, jitted.images, atol=1e-6)
+  np.testing.assert_allclose(eager.lam, jitted.lam, atol=1e-7)
+
+
+def test_mask_error_names_the_argument():
+  images, labels, saliency = make_batch(25, 4, 8, 8)
+  with pytest.raises(ValueError, match="`mask` must be one of"):
+    augment.sage(jax.random.key(0), images, labels, saliency, num_classes=5,
+                 mask="uniform")
+
+
+# --- mixup / cutmix with lam= and perm= overrides -------------------------------------
+
+def test_baselines_accept_lam_and_perm_overrides():
+  images, labels, _ = make_batch(26, 6, 8, 8)
+  perm = np.array([5, 4, 3, 2, 1, 0], np.int32)
+  key = jax.random.key(12)
+  mixed = augment.mixup(key, images, labels, num_classes=5, lam=0.3, perm=perm)
+  np.testing.assert_array_equal(mixed.perm, perm)
+  np.testing.assert_allclose(mixed.images, 0.3 * images + 0.7 * images[perm],
+                             atol=1e-6)
+  np.testing.assert_allclose(mixed.lam, 0.3, atol=1e-7)
+  # CutMix: `lam` sizes the box, whose position still comes from `key`.
+  cut = augment.cutmix(key, images, labels, num_classes=5, lam=0.75, perm=perm)
+  np.testing.assert_array_equal(cut.perm, perm)
+  box_key = jax.random.split(key, 3)[2]
+  top, bottom, left, right = (int(v) for v in augment.mixing.cutmix_box(
+      box_key, 8, 8, jnp.float32(0.75)))
+  want = images.copy()
+  want[:, top:bottom, left:right] = images[perm][:, top:bottom, left:right]
+  np.testing.assert_array_equal(cut.images, want)
+  np.testing.assert_allclose(cut.lam, 1 - (bottom - top) * (right - left) / 64,
+                             atol=1e-6)
+  # Without overrides the draws are unchanged (same key, same result).
+  default = augment.cutmix(key, images, labels, num_classes=5)
+  lam_draw = jax.random.beta(jax.random.split(key, 3)[0], 1.0, 1.0)
+  drawn_perm = jax.random.permutation(jax.random.split(key, 3)[1], 6)
+  again = augment.cutmix(key, images, labels, num_classes=5, lam=lam_draw,
+                         perm=drawn_perm)
+  np.testing.assert_array_equal(default.images, again.images)
+  for fn in (augment.mixup, augment.cutmix):
+    with pytest.raises(ValueError, match="lam"):
+      fn(key, images, labels, num_classes=5, lam=1.5)
+    with pytest.raises(ValueError, match="perm"):
+      fn(key, images, labels, num_classes=5, perm=perm[:3])

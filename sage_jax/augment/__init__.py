@@ -11,6 +11,7 @@
 from sage_jax.augment.gradients import SageGradients
 from sage_jax.augment.gradients import sage_value_and_grad
 from sage_jax.augment.mixing import cutmix
+from sage_jax.augment.mixing import MASK_MODES
 from sage_jax.augment.mixing import MixResult
 from sage_jax.augment.mixing import mixup
 from sage_jax.augment.mixing import sage
@@ -22,7 +23,8 @@ from sage_jax.augment.rearrange import shift
 from sage_jax.augment.saliency import saliency_map
 
 __all__ = [
-    "MixResult", "SEARCH_MODES", "SageGradients", "all_offsets", "cutmix",
+    "MASK_MODES", "MixResult", "SEARCH_MODES", "SageGradients", "all_offsets",
+    "cutmix",
     "mixup", "num_sampled_offsets", "sage", "sage_value_and_grad",
     "sample_offsets", "saliency_map", "shift",
 ]

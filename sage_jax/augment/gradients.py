@@ -59,7 +59,7 @@ def sage_value_and_grad(loss_fn: LossFn, *, mix_grad_weight: float = 0.7,
     sigma, kernel_size: saliency smoothing (see `saliency_map`).
     num_classes: required when the labels passed are int (B,).
     **sage_kwargs: forwarded to `sage` (alpha, upper_lambda, search,
-      sample_fraction, lam, perm, offsets).
+      sample_fraction, lam, perm, offsets, mask).
 
   Returns:
     `grad_fn(key, params, state, images, labels) -> SageGradients`. It does
@@ -72,7 +72,7 @@ def sage_value_and_grad(loss_fn: LossFn, *, mix_grad_weight: float = 0.7,
   """
   _checks.check_unit_interval("mix_grad_weight", mix_grad_weight)
   allowed = {"alpha", "upper_lambda", "search", "sample_fraction", "lam", "perm",
-             "offsets"}
+             "offsets", "mask"}
   unknown = set(sage_kwargs) - allowed
   if unknown:
     raise ValueError(

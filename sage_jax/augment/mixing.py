@@ -9,6 +9,10 @@
   7. τ* = argmax_τ v(τ) over the searched offsets (see `rearrange`);
   8. M = ŝ0/max(ŝ0 + T_τ*ŝ1, 1e-16),  x' = M⊙x_i + (1-M)⊙T_τ*(x_π(i)),
      γ_i = mean(M),  y' = γ_i·y_i + (1-γ_i)·y_π(i).
+
+`mask="constant"` replaces step 8's mask by M = λ everywhere (the paper's
+"SAGE w/o SM" ablation); `search="none"` fixes τ* = 0 ("w/o OR"). With both,
+SAGE is exactly Mixup.
 """
 from typing import Any, NamedTuple, Optional
 
@@ -20,6 +24,8 @@ from sage_jax.augment import _checks
 from sage_jax.augment import rearrange
 
 SEARCH_MODES = ("sampled", "exhaustive", "none")
+# How step 8 mixes: "saliency" (SAGE) or "constant" (M = λ, "w/o SM").
+MASK_MODES = ("saliency", "constant")
 # λ and 1-λ are clamped here before scaling the saliency (released code).
 _RATIO_EPS = 1e-12
 
@@ -64,6 +70,11 @@ def _mix_pair(image, partner, sal0, sal1, offset):
   return mixed, mask
 
 
+def _mix_pair_constant(image, partner, mix_ratio, offset):
+  """Step 8 with the constant mask M = λ for one pair: (H,W,C) float32."""
+  return mix_ratio * image + (1.0 - mix_ratio) * rearrange.shift(partner, offset)
+
+
 def _mix_labels(targets: jax.Array, perm: jax.Array, own_weight: jax.Array):
   return (own_weight[:, None] * targets
           + (1.0 - own_weight[:, None]) * targets[perm])
@@ -73,6 +84,16 @@ def _check_common(images, labels, num_classes, alpha):
   _checks.check_images(images)
   _checks.check_positive("alpha", alpha)
   return _checks.to_targets(labels, images.shape[0], num_classes)
+
+
+def _resolve_lam(lam, key, draw):
+  """The mix ratio: `lam` as given (a scalar in [0, 1]) or `draw(key)`."""
+  if lam is None:
+    return draw(key)
+  if jnp.ndim(lam) != 0:
+    raise ValueError(f"`lam` must be a scalar; got shape {jnp.shape(lam)}.")
+  _checks.check_unit_interval("lam", lam)
+  return jnp.asarray(lam, jnp.float32)
 
 
 def _resolve_perm(perm, key, batch):
@@ -111,7 +132,8 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
          search: str = "sampled", sample_fraction: float = 0.01,
          num_classes: Optional[int] = None, lam: Optional[Any] = None,
          perm: Optional[jax.Array] = None,
-         offsets: Optional[jax.Array] = None) -> MixResult:
+         offsets: Optional[jax.Array] = None,
+         mask: str = "saliency") -> MixResult:
   """Saliency-guided mixup with optimal rearrangement (SAGE) of one batch.
 
   Image i is mixed with partner π(i), shifted by the offset that keeps the
@@ -140,14 +162,25 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
     perm: optional int (B,) partner indices (overrides the permutation).
     offsets: optional int (K, 2) candidate (dy, dx) offsets scored exactly in
       this order, first maximum wins; they replace `search`.
+    mask: how the chosen pair is mixed (a Python string; static under jit).
+      "saliency" (default): the saliency-guided mask M above. "constant": the
+      paper's "SAGE w/o SM" ablation. The shift τ* is searched exactly as
+      for "saliency" (same candidates, same scores v(τ) from the saliency
+      maps, so the same offsets for the same key), but the mix uses M = λ at
+      every pixel: x' = λ·x_i + (1-λ)·T_τ*(x_π(i)) and γ_i = λ. Pixels that
+      the shift leaves empty (zero fill, i.e. the dataset mean colour) count
+      as the partner's, so the label weight stays λ rather than the share of
+      visible partner content. With `search="none"` this is exactly Mixup.
 
   Returns:
-    `MixResult`; `lam` holds γ_i = mean of the mask, the label weight.
+    `MixResult`; `lam` holds γ_i = mean of the mask, the label weight (λ for
+    every row when `mask="constant"`).
 
   Raises:
     ValueError: on wrong ranks or batch sizes, negative saliency (checked when
       the values are concrete, i.e. outside jit), int labels without
-      `num_classes`, an unknown `search`, or out-of-range hyperparameters.
+      `num_classes`, an unknown `search` or `mask`, or out-of-range
+      hyperparameters.
   """
   targets = _check_common(images, labels, num_classes, alpha)
   batch, height, width, _ = images.shape
@@ -162,19 +195,15 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
         "gradients); got negative values.")
   if search not in SEARCH_MODES:
     raise ValueError(f"`search` must be one of {SEARCH_MODES}; got {search!r}.")
+  if mask not in MASK_MODES:
+    raise ValueError(f"`mask` must be one of {MASK_MODES}; got {mask!r}.")
   if not 0.0 < sample_fraction <= 1.0:
     raise ValueError(f"`sample_fraction` must lie in (0, 1]; got {sample_fraction}.")
   _checks.check_unit_interval("upper_lambda", upper_lambda)
-  if lam is not None:
-    if jnp.ndim(lam) != 0:
-      raise ValueError(f"`lam` must be a scalar; got shape {jnp.shape(lam)}.")
-    _checks.check_unit_interval("lam", lam)
 
   lam_key, perm_key, offsets_key = jax.random.split(key, 3)
-  if lam is None:
-    mix_ratio = upper_lambda * jax.random.beta(lam_key, alpha, alpha)
-  else:
-    mix_ratio = jnp.asarray(lam, jnp.float32)
+  mix_ratio = _resolve_lam(
+      lam, lam_key, lambda k: upper_lambda * jax.random.beta(k, alpha, alpha))
   perm = _resolve_perm(perm, perm_key, batch)
 
   saliency = jax.lax.stop_gradient(jnp.asarray(saliency, jnp.float32))
@@ -194,26 +223,36 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
   else:
     best = rearrange.best_of_shared(sal0, sal1, candidates)
 
-  mixed, mask = jax.vmap(_mix_pair)(
-      images.astype(jnp.float32), images[perm].astype(jnp.float32), sal0, sal1, best)
-  own_weight = jnp.mean(mask, axis=(1, 2))
+  own_images = images.astype(jnp.float32)
+  partners = images[perm].astype(jnp.float32)
+  if mask == "saliency":
+    mixed, masks = jax.vmap(_mix_pair)(own_images, partners, sal0, sal1, best)
+    own_weight = jnp.mean(masks, axis=(1, 2))
+  else:
+    mixed = jax.vmap(_mix_pair_constant, in_axes=(0, 0, None, 0))(
+        own_images, partners, mix_ratio, best)
+    own_weight = jnp.full((batch,), mix_ratio, jnp.float32)
   return MixResult(mixed.astype(images.dtype), _mix_labels(targets, perm, own_weight),
                    own_weight, perm, best.astype(jnp.int32))
 
 
 def mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
-          alpha: float = 1.0, num_classes: Optional[int] = None) -> MixResult:
+          alpha: float = 1.0, num_classes: Optional[int] = None,
+          lam: Optional[Any] = None,
+          perm: Optional[jax.Array] = None) -> MixResult:
   """Mixup (Zhang et al. 2018): x' = λx_i + (1-λ)x_π(i), one λ ~ Beta(α, α).
 
   Args and errors as `sage` (no saliency). `key` is split into (λ,
-  permutation) keys. Returns `MixResult` with `lam` = λ for every row and
-  zero offsets.
+  permutation) keys; `lam` (scalar in [0, 1]) and `perm` (int (B,)) override
+  those draws, as in `sage`. Returns `MixResult` with `lam` = λ for every
+  row and zero offsets.
   """
   targets = _check_common(images, labels, num_classes, alpha)
   batch = images.shape[0]
   lam_key, perm_key = jax.random.split(key)
-  mix_ratio = jax.random.beta(lam_key, alpha, alpha)
-  perm = _resolve_perm(None, perm_key, batch)
+  mix_ratio = _resolve_lam(lam, lam_key,
+                           lambda k: jax.random.beta(k, alpha, alpha))
+  perm = _resolve_perm(perm, perm_key, batch)
   mixed = (mix_ratio * images.astype(jnp.float32)
            + (1.0 - mix_ratio) * images[perm].astype(jnp.float32))
   own_weight = jnp.full((batch,), mix_ratio, jnp.float32)
@@ -245,18 +284,24 @@ def cutmix_box(key: jax.Array, height: int, width: int, mix_ratio: jax.Array):
 
 
 def cutmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
-           alpha: float = 1.0, num_classes: Optional[int] = None) -> MixResult:
+           alpha: float = 1.0, num_classes: Optional[int] = None,
+           lam: Optional[Any] = None,
+           perm: Optional[jax.Array] = None) -> MixResult:
   """CutMix: paste a box of the partner π(i) into image i, one box per call.
 
   λ ~ Beta(α, α) sets the box area (see `cutmix_box`); the label weight is
   then corrected to the clipped box: lam = 1 - box area / (H·W). `key` is
-  split into (λ, permutation, box) keys. Args and errors as `mixup`.
+  split into (λ, permutation, box) keys. `lam` overrides the draw λ that
+  sizes the box (the returned weight is still the corrected one) and `perm`
+  the permutation; the box position always comes from `key`. Args and
+  errors as `mixup`.
   """
   targets = _check_common(images, labels, num_classes, alpha)
   batch, height, width, _ = images.shape
   lam_key, perm_key, box_key = jax.random.split(key, 3)
-  mix_ratio = jax.random.beta(lam_key, alpha, alpha)
-  perm = _resolve_perm(None, perm_key, batch)
+  mix_ratio = _resolve_lam(lam, lam_key,
+                           lambda k: jax.random.beta(k, alpha, alpha))
+  perm = _resolve_perm(perm, perm_key, batch)
   top, bottom, left, right = cutmix_box(box_key, height, width, mix_ratio)
   rows = jnp.arange(height)[:, None]
   cols = jnp.arange(width)[None, :]
