@@ -44,28 +44,40 @@ class Checkpointer:
   are kept; older ones are deleted after a newer save completes.
   """
 
-  def __init__(self, directory: str, *, max_to_keep: int = 2):
+  def __init__(self, directory: str, *, max_to_keep: int = 2,
+               read_only: bool = False):
     """Opens (and creates, if needed) the checkpoint directory.
 
     Args:
       directory: where checkpoints are written. Relative paths are made
         absolute (orbax requires absolute paths).
       max_to_keep: number of most recent checkpoints to keep (>= 1).
+      read_only: open an existing directory for restoring only: nothing is
+        created, and the temporary directory of a save in flight (e.g. by a
+        training run still writing to this workdir) is left alone.
 
     Raises:
       ValueError: if ``max_to_keep`` < 1.
+      FileNotFoundError: if ``read_only`` and ``directory`` does not exist.
     """
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
     self.directory = os.path.abspath(os.fspath(directory))
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=True,
-        # Removes `<step>.orbax-checkpoint-tmp` directories that an interrupted
-        # run left behind; they never count as checkpoints but waste disk.
-        cleanup_tmp_directories=True,
-        enable_async_checkpointing=True,
-    )
+    self.read_only = read_only
+    if read_only:
+      if not os.path.isdir(self.directory):
+        raise FileNotFoundError(f"No checkpoint directory {self.directory}.")
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep,
+          create=True,
+          # Removes `<step>.orbax-checkpoint-tmp` directories that an
+          # interrupted run left behind; they never count as checkpoints.
+          cleanup_tmp_directories=True,
+          enable_async_checkpointing=True,
+      )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -96,6 +108,8 @@ class Checkpointer:
       state: pytree of jax.Arrays / numpy arrays (replicated or sharded
         jax.Arrays are fine; every process of a multi-host run must call this).
     """
+    if self.read_only:
+      raise RuntimeError(f"{self.directory} was opened read-only; cannot save.")
     step = int(step)
     latest = self.latest_step()
     if latest is not None and step <= latest:

@@ -42,10 +42,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sage_jax import checkpointing
 from sage_jax import config as config_lib
 from sage_jax import input_pipeline
 from sage_jax import train
@@ -282,12 +282,11 @@ def _accumulate(step: Callable, variables: tuple, images, labels, batch_size,
 # --- Restoring a workdir -------------------------------------------------------------
 
 
-def _latest_checkpoint(workdir: str) -> tuple[Any, int]:
-  """A read-only orbax manager of <workdir>/checkpoints and its latest step.
+def _require_checkpoint(workdir: str) -> None:
+  """Fails fast (before any data is loaded) when `workdir` has no checkpoint.
 
-  Read-only: unlike `checkpointing.Checkpointer` it never creates the
-  directory nor deletes the temporary directory of a save in flight, so it
-  is safe to evaluate a workdir while its training run is still writing.
+  Opens the directory read-only (see `checkpointing.Checkpointer`), so a
+  training run still writing to the workdir is not disturbed.
   """
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   hint = ("train first: `python main.py --config CFG --workdir "
@@ -295,13 +294,9 @@ def _latest_checkpoint(workdir: str) -> tuple[Any, int]:
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoint to evaluate: {directory} does not "
                             f"exist; {hint}")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True, create=False, save_interval_steps=0))
-  step = manager.latest_step()
-  if step is None:
-    manager.close()
-    raise FileNotFoundError(f"No checkpoint to evaluate in {directory}; {hint}")
-  return manager, int(step)
+  with checkpointing.Checkpointer(directory, read_only=True) as checkpointer:
+    if checkpointer.latest_step() is None:
+      raise FileNotFoundError(f"No checkpoint to evaluate in {directory}; {hint}")
 
 
 def _check_against_run_config(config, workdir: str) -> None:
@@ -323,29 +318,6 @@ def _check_against_run_config(config, workdir: str) -> None:
       logging.warning("config.%s=%r differs from the run's %r (%s); evaluating "
                       "with %r.", field, config[field], run[field], path,
                       config[field])
-
-
-def restore_variables(config, workdir: str, model, tx, image_shape) -> tuple:
-  """(params, batch_stats, step) of the latest checkpoint, as host arrays.
-
-  The checkpoint's batch_stats are already the average over devices.
-
-  Raises:
-    FileNotFoundError: `workdir` has no checkpoint.
-  """
-  manager, step = _latest_checkpoint(workdir)
-  try:
-    target = jax.eval_shape(
-        lambda: train.init_state(config, model, tx, image_shape))
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=jax.sharding.SingleDeviceSharding(
-                                           jax.local_devices()[0])), target)
-    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  finally:
-    manager.close()
-  state = jax.device_get(state)
-  return state.params, state.batch_stats, step
 
 
 def _replicate(tree, mesh):
@@ -604,7 +576,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   """
   start = time.perf_counter()
   config_lib.validate_config(config)
-  _latest_checkpoint(workdir)[0].close()  # Fail fast, before loading data.
+  _require_checkpoint(workdir)
   _check_against_run_config(config, workdir)
   mesh = _mesh(config)
   sharding = NamedSharding(mesh, P(AXIS))
@@ -617,8 +589,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   parts = train.create_components(
       config, mesh, num_classes=info.num_classes, mean=info.mean, std=info.std,
       steps_per_epoch=max(1, info.num_train // config.batch_size))
-  params, batch_stats, step = restore_variables(config, workdir, parts.model,
-                                                parts.tx, info.image_shape)
+  params, batch_stats, step = train.restore_variables(
+      config, workdir, parts.model, parts.tx, info.image_shape)
   variables = (_replicate(params, mesh), _replicate(batch_stats, mesh))
   logging.info("Evaluating step %d of %s on %d devices.", step, workdir,
                mesh.devices.size)

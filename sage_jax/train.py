@@ -14,7 +14,6 @@ uninterrupted and a resumed run, so resuming is exact.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import queue
@@ -337,6 +336,30 @@ def lower_train_step(config, mesh, *, num_classes: int, image_shape,
                                 sharding=stacked)
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=stacked)
   return parts.train_step.lower(state, images, labels)
+
+
+def restore_variables(config, workdir: str, model, tx, image_shape,
+                      step: int | None = None) -> tuple:
+  """(params, batch_stats, step) of a run's checkpoint, as host arrays.
+
+  Opens `<workdir>/checkpoints` read-only, so it is safe while the run is
+  still training. The checkpoint's batch_stats are the average over devices.
+
+  Args:
+    config, model, tx, image_shape: those of the run (they fix the tree).
+    step: the checkpoint to restore; None for the latest.
+
+  Raises:
+    FileNotFoundError: `workdir` has no checkpoint (or none for `step`).
+  """
+  # Shapes and dtypes are all a restore target needs.
+  target = jax.tree.map(
+      lambda s: np.zeros(s.shape, s.dtype),
+      jax.eval_shape(lambda: init_state(config, model, tx, image_shape)))
+  with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                  read_only=True) as checkpointer:
+    state = checkpointer.restore(target, step=step)
+  return state.params, state.batch_stats, int(state.step)
 
 
 # --- Input feeding ------------------------------------------------------------------------

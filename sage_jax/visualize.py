@@ -426,7 +426,6 @@ def load_variables(config, info, workdir: str | None, step: int | None = None):
   Raises:
     FileNotFoundError: if `workdir` has no checkpoint.
   """
-  from sage_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from sage_jax import train  # pylint: disable=g-import-not-at-top
   model, tx = build_model(config, info)
 
@@ -437,11 +436,9 @@ def load_variables(config, info, workdir: str | None, step: int | None = None):
     return model, _variables(jax.device_get(jax.jit(fresh)())), None
   if step is None:
     step = latest_checkpoint_step(workdir)
-  # Shapes and dtypes are all a restore target needs.
-  target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(fresh))
-  with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
-    state = ckpt.restore(target, step=step)
-  return model, _variables(state), step
+  params, batch_stats, step = train.restore_variables(
+      config, workdir, model, tx, info.image_shape, step=step)
+  return model, {"params": params, "batch_stats": batch_stats}, step
 
 
 def _variables(state) -> dict:

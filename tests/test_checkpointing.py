@@ -174,3 +174,22 @@ def test_restore_onto_replicated_mesh(tmp_path, state, other_state):
     assert isinstance(leaf, jax.Array)
     assert leaf.sharding == replicated
   _assert_bit_exact(restored, state)
+
+
+def test_read_only_restores_without_touching_the_directory(tmp_path, state,
+                                                           other_state):
+  directory = tmp_path / "ckpt"
+  with pytest.raises(FileNotFoundError, match="No checkpoint directory"):
+    Checkpointer(str(directory), read_only=True)
+  assert not directory.exists()  # nothing created
+  with Checkpointer(str(directory)) as writer:
+    writer.save(1, state)
+  # A save in flight elsewhere leaves a temporary directory: keep it.
+  in_flight = directory / "2.orbax-checkpoint-tmp"
+  in_flight.mkdir()
+  with Checkpointer(str(directory), read_only=True) as reader:
+    assert reader.latest_step() == 1
+    _assert_bit_exact(reader.restore(other_state), state)
+    with pytest.raises(RuntimeError, match="read-only"):
+      reader.save(3, state)
+  assert in_flight.exists()

@@ -1,7 +1,6 @@
 """`sage_value_and_grad` with a linen and an NNX model that carry BatchNorm."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
