@@ -379,20 +379,24 @@ def load_workdir_config(workdir: str):
 def latest_checkpoint_step(workdir: str) -> int:
   """The newest finished checkpoint step in <workdir>/checkpoints.
 
-  Checked without opening orbax, which would create the folder.
+  Opened read-only (`checkpointing.Checkpointer`): nothing is created and a
+  save in flight is left alone.
 
   Raises:
     FileNotFoundError: if there is none.
   """
+  from sage_jax import checkpointing  # pylint: disable=g-import-not-at-top
   directory = os.path.join(workdir, "checkpoints")
-  steps = [int(name) for name in (os.listdir(directory) if os.path.isdir(directory)
-                                  else []) if name.isdigit()]
-  if not steps:
+  step = None
+  if os.path.isdir(directory):
+    with checkpointing.Checkpointer(directory, read_only=True) as checkpointer:
+      step = checkpointer.latest_step()
+  if step is None:
     raise FileNotFoundError(
         f"No checkpoint in {directory}: train the run first (python main.py "
         f"--workdir {workdir} ...), or leave out --workdir to show an "
         "untrained model.")
-  return max(steps)
+  return step
 
 
 def build_model(config, info):
