@@ -142,14 +142,21 @@ class StepRun(NamedTuple):
   initial_state: Any  # the fresh state (host, checkpoint layout), for reuse
 
 
-def run_train_step(config, mesh, steps: int, image_size: int = 32,
-                   initial_state=None) -> StepRun:
+class CompiledStep(NamedTuple):
+  run_once: Any       # () -> seconds of one more step (blocking)
+  hlo: str            # text of the compiled program
+  param_bytes: int
+  initial_state: Any
+
+
+def compile_train_step(config, mesh, image_size: int = 32,
+                       initial_state=None) -> CompiledStep:
   """Compiles `train.create_components(config, mesh).train_step` for a global
   batch of `config.batch_size` random uint8 images (sharded over the mesh's
-  'data' axis) and times `steps` steps after one warm-up step.
+  'data' axis), runs one warm-up step, and returns a timer of further steps.
 
-  `initial_state`: a previous run's `StepRun.initial_state` for the same
-  model and optimizer (skips compiling the initialisation again).
+  `initial_state`: a previous `initial_state` for the same model and
+  optimizer (skips compiling the initialisation again).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from sage_jax import train  # pylint: disable=g-import-not-at-top
@@ -160,7 +167,6 @@ def run_train_step(config, mesh, steps: int, image_size: int = 32,
   if initial_state is None:
     initial_state = jax.device_get(jax.jit(
         lambda: train.init_state(config, parts.model, parts.tx, image_shape))())
-  state = train.to_device_state(initial_state, mesh)
   rng = np.random.default_rng(0)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.AXIS))
   images = jax.device_put(
@@ -168,14 +174,44 @@ def run_train_step(config, mesh, steps: int, image_size: int = 32,
       sharding)
   labels = jax.device_put(rng.integers(0, 10, config.batch_size).astype(np.int32),
                           sharding)
-  step = parts.train_step.lower(state, images, labels).compile()
-  state, metrics = step(state, images, labels)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
+  carry = [train.to_device_state(initial_state, mesh)]
+  step = parts.train_step.lower(carry[0], images, labels).compile()
+
+  def run_once() -> float:
     start = time.perf_counter()
-    state, metrics = step(state, images, labels)
+    carry[0], metrics = step(carry[0], images, labels)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  return StepRun(float(np.median(times)), step.as_text(),
-                 tree_bytes(initial_state.params), initial_state)
+    return time.perf_counter() - start
+
+  run_once()  # warm-up
+  return CompiledStep(run_once, step.as_text(), tree_bytes(initial_state.params),
+                      initial_state)
+
+
+def run_train_step(config, mesh, steps: int, image_size: int = 32,
+                   initial_state=None) -> StepRun:
+  """Median time of `steps` steps of `compile_train_step(config, ...)`."""
+  compiled = compile_train_step(config, mesh, image_size, initial_state)
+  times = [compiled.run_once() for _ in range(steps)]
+  return StepRun(float(np.median(times)), compiled.hlo, compiled.param_bytes,
+                 compiled.initial_state)
+
+
+def interleaved_step_times(configs: dict, mesh, steps: int,
+                           image_size: int = 32) -> dict:
+  """name -> median seconds per step, the configs' steps timed round-robin.
+
+  Every config is compiled first; then each round times one step of each,
+  so slow drifts of the machine (other load, clock changes) affect every
+  method alike and the ratios stay comparable. Configs must share the model
+  and optimizer (the initial state is built once).
+  """
+  compiled, initial_state = {}, None
+  for name, config in configs.items():
+    compiled[name] = compile_train_step(config, mesh, image_size, initial_state)
+    initial_state = compiled[name].initial_state
+  times = {name: [] for name in configs}
+  for _ in range(steps):
+    for name, step in compiled.items():
+      times[name].append(step.run_once())
+  return {name: float(np.median(t)) for name, t in times.items()}

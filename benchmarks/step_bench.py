@@ -5,9 +5,10 @@
     python benchmarks/step_bench.py --table [--table_out runtime_table.md]
 
 Prints, measured in one process on one device: the jitted train-step time of
-vanilla, mixup, cutmix, SAGE (sampled search) and SAGE (exhaustive search) on
-the same model and batch, each as a ratio to vanilla, and images/s with the
-projected hours for 300 CIFAR-10 epochs. Then, in a subprocess with 8 (forced
+every registered method (`sage_jax.methods`; SAGE with its sampled and its
+exhaustive search) on the same model and batch, timed interleaved (one step
+of each method per round, median over rounds), each as a ratio to vanilla,
+and images/s with the projected hours for 300 CIFAR-10 epochs. Then, in a subprocess with 8 (forced
 host) devices, the number of cross-device collectives in the compiled SAGE
 step and the vanilla step (SAGE must add none).
 
@@ -31,12 +32,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
+from sage_jax import methods
+from sage_jax import published
 from sage_jax import train
 import common
 
-METHODS = (("vanilla", {}), ("mixup", {}), ("cutmix", {}),
-           ("sage sampled", {"sage.search": "sampled"}),
-           ("sage exhaustive", {"sage.search": "exhaustive"}))
+
+def _bench_methods() -> tuple:
+  """(label, config overrides) of every registered method; SAGE twice."""
+  rows = []
+  for name in methods.METHOD_NAMES:
+    if name == "sage":
+      rows += [("sage sampled", {"sage.search": "sampled"}),
+               ("sage exhaustive", {"sage.search": "exhaustive"})]
+    else:
+      rows.append((name, {}))
+  return tuple(rows)
+
+
+METHODS = _bench_methods()
 COLLECTIVE_OPS = ("all-reduce(", "all-reduce-start(", "all-gather(",
                   "all-gather-start(", "all-to-all(", "collective-permute(",
                   "collective-permute-start(", "reduce-scatter(")
@@ -45,8 +59,8 @@ EPOCHS = 300
 PAPER_BATCH = 100
 # Supplement Table 3: PreActResNet18 on CIFAR-10, 300 epochs, batch 100, one
 # NVIDIA T4; GPU hours. (The paper has no exhaustive-search SAGE.)
-PAPER_T4_HOURS = {"vanilla": 3.35, "mixup": 3.29, "cutmix": 3.38,
-                  "sage sampled": 6.83}
+PAPER_T4_HOURS = {("sage sampled" if name == "sage" else name): hours
+                  for name, hours in published.T4_HOURS["cifar10"][1].items()}
 
 
 def make_config(method: str, overrides: dict, args):
@@ -75,7 +89,7 @@ def runtime_table(times: dict, *, batch: int, device: str, model: str,
   steps_per_epoch = CIFAR_TRAIN_IMAGES // PAPER_BATCH
   lines = [
       f"Train-step cost on {device}, one device; model {model}; 32×32×3 images, "
-      f"fp32; median of {steps} steps after compilation.",
+      f"fp32; median of {steps} interleaved steps after compilation.",
       "",
   ]
   if batch != PAPER_BATCH:
@@ -139,10 +153,9 @@ def main():
   mesh = jax.sharding.Mesh(np.asarray(devices[:1]), ("data",))
   print(f"jax {jax.__version__} on {devices[0].device_kind}; {args.model} width "
         f"{args.width}, batch {args.batch}, 32x32x3, one device")
-  times = {}
-  for method, overrides in METHODS:
-    times[method] = common.run_train_step(make_config(method, overrides, args),
-                                          mesh, args.steps).seconds
+  times = common.interleaved_step_times(
+      {method: make_config(method, overrides, args) for method, overrides in METHODS},
+      mesh, args.steps)
   print(f"{'method':16s} {'step ms':>9s} {'/vanilla':>9s} {'images/s':>9s} "
         f"{'h/300 ep':>9s}")
   for method, seconds in times.items():

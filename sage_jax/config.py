@@ -2,27 +2,29 @@
 
 The defaults are the paper's CIFAR-10 run with the released code's settings
 (spec §3); the files in configs/ start from `base_config()` and change what
-differs. `validate_config` checks every field at start-up and raises a
-ValueError that names the field.
+differs. Each training method's hyperparameters live in their own block,
+`config.<method>`, with the published defaults (`sage_jax.methods`).
+`validate_config` checks every field at start-up and raises a ValueError that
+names the field.
 """
-import numbers
 from typing import Any
 
 import ml_collections
 
 from sage_jax import input_pipeline
+from sage_jax import losses
+from sage_jax import methods
 from sage_jax import models
-from sage_jax.augment import MASK_MODES
-from sage_jax.augment import SEARCH_MODES
+from sage_jax.methods import base as rules
 
-METHODS = ("vanilla", "mixup", "cutmix", "sage")
-LOSSES = ("bce_softmax", "softmax_xent")
+METHODS = methods.METHOD_NAMES
+LOSSES = tuple(losses.LOSS_FNS)
 
 
 def base_config() -> ml_collections.ConfigDict:
   """The paper's CIFAR-10 PreActResNet18 SAGE run (300 epochs, batch 100)."""
   config = ml_collections.ConfigDict()
-  config.method = "sage"              # vanilla | mixup | cutmix | sage
+  config.method = "sage"              # one of sage_jax.methods.METHOD_NAMES
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "preactresnet18"
@@ -45,17 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4          # coupled: added to the gradient
   config.loss = "bce_softmax"         # bce_softmax | softmax_xent
 
-  config.sage = ml_collections.ConfigDict()
-  config.sage.alpha = 1.0
-  config.sage.upper_lambda = 0.6
-  config.sage.mix_grad_weight = 0.7   # η: weight of the mixed-batch gradient
-  config.sage.sigma = 1.0
-  config.sage.kernel_size = 5
-  config.sage.search = "sampled"      # sampled | exhaustive | none
-  config.sage.sample_fraction = 0.01
-  config.sage.mask = "saliency"       # saliency | constant (the "w/o SM" ablation)
-
-  config.mix_alpha = 1.0              # Beta(α, α) of the mixup/cutmix baselines
+  # One block per method with hyperparameters: config.sage, config.mixup, ...
+  for name, method in methods.REGISTRY.items():
+    if method.default_config is not None:
+      config[name] = method.default_config()
 
   config.seed = 0
   config.log_every_steps = 100
@@ -72,14 +67,6 @@ def _fail(field: str, value: Any, requirement: str):
   raise ValueError(f"config.{field} {requirement}; got {value!r}.")
 
 
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first invalid field of `config`."""
   def check(field, ok, requirement):
@@ -92,16 +79,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not ok(value):
       _fail(field, value, requirement)
 
-  one_of = lambda options: (lambda v: v in options, f"must be one of {options}")
-  positive_int = (lambda v: _is_int(v) and v > 0, "must be a positive int")
-  positive = (lambda v: _is_number(v) and v > 0, "must be a positive number")
-  non_negative = (lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
-  unit = (lambda v: _is_number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
-  boolean = (lambda v: isinstance(v, bool), "must be True or False")
+  one_of = rules.one_of
+  positive_int, positive = rules.POSITIVE_INT, rules.POSITIVE
+  non_negative, boolean = rules.NON_NEGATIVE, rules.BOOLEAN
+  _is_int, _is_number = rules.is_int, rules.is_number
   steps = (lambda v: _is_int(v) and (v > 0 or v == -1),
            "must be a positive int, or -1 for once per epoch")
 
-  rules = {
+  checks = {
       "method": one_of(METHODS),
       "model.name": one_of(models.MODEL_NAMES),
       "model.width": (lambda v: _is_int(v) and v >= 0,
@@ -122,17 +107,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       "nesterov": boolean,
       "weight_decay": non_negative,
       "loss": one_of(LOSSES),
-      "sage.alpha": positive,
-      "sage.upper_lambda": unit,
-      "sage.mix_grad_weight": unit,
-      "sage.sigma": positive,
-      "sage.kernel_size": (lambda v: _is_int(v) and v > 0 and v % 2 == 1,
-                           "must be an odd positive int"),
-      "sage.search": one_of(SEARCH_MODES),
-      "sage.sample_fraction": (lambda v: _is_number(v) and 0 < v <= 1,
-                               "must lie in (0, 1]"),
-      "sage.mask": one_of(MASK_MODES),
-      "mix_alpha": positive,
       "seed": (lambda v: _is_int(v) and v >= 0, "must be an int >= 0"),
       "log_every_steps": positive_int,
       "eval_every_steps": steps,
@@ -143,7 +117,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       "num_devices": (lambda v: _is_int(v) and v >= 0,
                       "must be an int >= 0 (0 = all devices)"),
   }
-  for field, (ok, requirement) in rules.items():
+  for name, method in methods.REGISTRY.items():
+    for field, rule in method.config_rules.items():
+      checks[f"{name}.{field}"] = rule
+  for field, (ok, requirement) in checks.items():
     check(field, ok, requirement)
   if config.multi_host and config.num_devices:
     _fail("num_devices", config.num_devices,

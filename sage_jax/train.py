@@ -1,9 +1,9 @@
 """Training and evaluation: `train_and_evaluate(config, workdir)`.
 
-One train step (spec §1) for every method, written as the per-device body of
-a data-parallel program: each device augments and differentiates its own
-shard (SAGE pairs are formed within the shard), then the gradients are
-averaged with `lax.pmean` over the 'data' axis. The body is mapped with
+One train step for every method, written as the per-device body of a
+data-parallel program: each device runs the configured method
+(`sage_jax.methods`) on its own shard (pairs are formed within the shard),
+then the gradients are averaged with `lax.pmean` over the 'data' axis. The body is mapped with
 `jax.shard_map` over a 1-D device mesh inside `jax.jit`; the train state is
 donated.
 
@@ -31,16 +31,15 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sage_jax import augment
 from sage_jax import checkpointing
 from sage_jax import config as config_lib
 from sage_jax import input_pipeline
+from sage_jax import losses
+from sage_jax import methods
 from sage_jax import metrics as metrics_lib
 from sage_jax import models
 
 AXIS = "data"
-# PyTorch's BCELoss clamps each log term at -100.
-_BCE_LOG_FLOOR = -100.0
 
 
 @flax.struct.dataclass
@@ -64,38 +63,11 @@ class TrainState:
   rng: jax.Array
 
 
-# --- Losses --------------------------------------------------------------------------
+# --- Losses (defined in `sage_jax.losses`, re-exported for existing callers) ----------
 
-
-def bce_softmax_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """BCE(softmax(logits), targets), mean over batch and classes (spec §3).
-
-  The released code's loss: each log term is clamped at -100 like PyTorch's
-  BCELoss. Gradients stay finite when a probability saturates at 0 or 1.
-
-  Args:
-    logits: float (B, K). targets: float (B, K) in [0, 1].
-
-  Returns:
-    float32 scalar.
-  """
-  logits = logits.astype(jnp.float32)
-  log_p = jnp.maximum(jax.nn.log_softmax(logits), _BCE_LOG_FLOOR)
-  one_minus_p = 1.0 - jax.nn.softmax(logits)
-  positive = one_minus_p > 0
-  # where-guarded so that log(0) neither appears nor back-propagates NaN.
-  log_one_minus_p = jnp.where(
-      positive, jnp.log(jnp.where(positive, one_minus_p, 1.0)), _BCE_LOG_FLOOR)
-  log_one_minus_p = jnp.maximum(log_one_minus_p, _BCE_LOG_FLOOR)
-  return -jnp.mean(targets * log_p + (1.0 - targets) * log_one_minus_p)
-
-
-def softmax_xent_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Softmax cross-entropy with (soft) targets, mean over the batch."""
-  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
-
-
-LOSS_FNS = {"bce_softmax": bce_softmax_loss, "softmax_xent": softmax_xent_loss}
+bce_softmax_loss = losses.bce_softmax_loss
+softmax_xent_loss = losses.softmax_xent_loss
+LOSS_FNS = losses.LOSS_FNS
 
 
 # --- Optimizer -------------------------------------------------------------------------
@@ -120,74 +92,49 @@ def create_optimizer(config: ml_collections.ConfigDict,
 # --- The train step ----------------------------------------------------------------------
 
 
-def _accuracy(logits, labels):
-  return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
-
-
-def make_train_step_body(model, tx, loss_fn, config, num_classes, mean, std,
+def make_train_step_body(method_step: methods.base.StepFn, tx, mean, std,
                          schedule) -> Callable:
   """Per-device train step: (state, images uint8, labels) -> (state, metrics).
 
   Written like a pmap body: it runs on one device's shard of the batch under
-  `shard_map` and averages the gradient across the 'data' axis itself.
-  Metrics are averaged over devices, so they describe the global batch.
+  `shard_map`. The method's step (`sage_jax.methods`) gives this device's
+  gradient, BN statistics and metrics; the body averages the gradient across
+  the 'data' axis, updates the parameters, and averages the metrics over
+  devices, so they describe the global batch. Nothing here depends on which
+  method runs.
   """
-  method = config.method
-
-  def model_loss(params, batch_stats, images, targets):
-    logits, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                                  images, train=True, mutable=["batch_stats"])
-    return loss_fn(logits, targets), (updates["batch_stats"], logits)
-
-  sage_grad = augment.sage_value_and_grad(
-      model_loss, mix_grad_weight=config.sage.mix_grad_weight, has_aux=True,
-      sigma=config.sage.sigma, kernel_size=config.sage.kernel_size,
-      num_classes=num_classes, alpha=config.sage.alpha,
-      upper_lambda=config.sage.upper_lambda, search=config.sage.search,
-      sample_fraction=config.sage.sample_fraction, mask=config.sage.mask)
-  baseline_mix = {"mixup": augment.mixup, "cutmix": augment.cutmix}.get(method)
 
   def body(state: TrainState, images_uint8, labels):
-    # Leading device axis of size 1 on each device; the body works without it.
+    # Leading device axis of size 1 on each device; the method works without it.
     batch_stats = jax.tree.map(lambda x: x[0], state.batch_stats)
     key = jax.random.wrap_key_data(state.rng)
     key = jax.random.fold_in(jax.random.fold_in(key, state.step),
                              jax.lax.axis_index(AXIS))
-    images = input_pipeline.normalize(images_uint8, mean, std)
-    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    batch = methods.Batch(input_pipeline.normalize(images_uint8, mean, std),
+                          images_uint8, labels)
+    out = method_step(key, state.params, batch_stats, batch)
 
-    if method == "sage":
-      out = sage_grad(key, state.params, batch_stats, images, labels)
-      grads, batch_stats = out.grads, out.state
-      eta = config.sage.mix_grad_weight
-      metrics = {
-          "loss": (1.0 - eta) * out.clean_loss + eta * out.mix_loss,
-          "clean_loss": out.clean_loss,
-          "mix_loss": out.mix_loss,
-          "accuracy": _accuracy(out.clean_aux, labels),
-          "mix_label_weight": jnp.mean(out.mixed.lam),
-      }
-    else:
-      if baseline_mix is not None:
-        mixed = baseline_mix(key, images, labels, alpha=config.mix_alpha,
-                             num_classes=num_classes)
-        images, targets = mixed.images, mixed.labels
-      (loss, (batch_stats, logits)), grads = jax.value_and_grad(
-          model_loss, has_aux=True)(state.params, batch_stats, images, targets)
-      # For mixup/cutmix: accuracy against each image's own label.
-      metrics = {"loss": loss, "accuracy": _accuracy(logits, labels)}
-
-    grads = jax.lax.pmean(grads, AXIS)
+    grads = jax.lax.pmean(out.grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["learning_rate"] = schedule(state.step)
+    metrics = dict(out.metrics, learning_rate=schedule(state.step))
     metrics = jax.lax.pmean(metrics, AXIS)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
-        batch_stats=jax.tree.map(lambda x: x[None], batch_stats))
+        batch_stats=jax.tree.map(lambda x: x[None], out.batch_stats))
     return new_state, metrics
 
   return body
+
+
+def make_method_step(config, model, loss_fn, num_classes: int, mean,
+                     std) -> methods.base.StepFn:
+  """The per-device step of `config.method`, configured by its config block."""
+  method = methods.get_method(config.method)
+  context = methods.StepContext(model=model, loss_fn=loss_fn,
+                                num_classes=num_classes, mean=tuple(mean),
+                                std=tuple(std))
+  return method.make_step(context, config.get(method.name))
 
 
 def _state_specs() -> TrainState:
@@ -305,8 +252,8 @@ def create_components(config, mesh, *, num_classes: int, mean, std,
   schedule = learning_rate_schedule(config, steps_per_epoch)
   tx = create_optimizer(config, schedule)
   loss_fn = LOSS_FNS[config.loss]
-  body = make_train_step_body(model, tx, loss_fn, config, num_classes, mean, std,
-                              schedule)
+  method_step = make_method_step(config, model, loss_fn, num_classes, mean, std)
+  body = make_train_step_body(method_step, tx, mean, std, schedule)
   return Components(model, schedule, tx, loss_fn, make_train_step(body, mesh),
                     make_eval_step(model, loss_fn, num_classes, mean, std, mesh),
                     make_average_batch_stats(mesh))

@@ -12,6 +12,7 @@ from PIL import Image
 
 from sage_jax import checkpointing
 from sage_jax import config as config_lib
+from sage_jax import methods
 from sage_jax import metrics
 from sage_jax import train
 
@@ -62,7 +63,7 @@ def image_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("num_devices", [1, 8])
-@pytest.mark.parametrize("method", ["vanilla", "mixup", "cutmix", "sage"])
+@pytest.mark.parametrize("method", methods.METHOD_NAMES)
 def test_every_method_trains_on_mock_cifar10(method, num_devices, tmp_path):
   config = tiny_config(method=method, num_devices=num_devices,
                        **{"dataset.data_dir": str(tmp_path / "tfds")})
@@ -76,6 +77,20 @@ def test_every_method_trains_on_mock_cifar10(method, num_devices, tmp_path):
       assert np.isfinite(record[field])
   assert summary["num_test_evals"] == 1 and 0 <= summary["best_test_accuracy"] <= 1
   assert os.path.exists(tmp_path / "run" / "summary.json")
+
+
+@pytest.mark.parametrize("model,width", [("preactresnet18", 4), ("wrn16_8", 8),
+                                         ("resnext29_4_24", 4)])
+@pytest.mark.parametrize("method", ["manifold_mixup", "saliencymix"])
+def test_new_baselines_train_on_every_architecture(method, model, width, tmp_path):
+  config = tiny_config(method=method, num_train_steps=1,
+                       **{"model.name": model, "model.width": width,
+                          "dataset.data_dir": str(tmp_path / "tfds")})
+  with tfds.testing.mock_data(num_examples=16):
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["model"] == model and summary["method"] == method
+  record = metrics.read_metrics(str(tmp_path / "run"))[0]
+  assert np.isfinite(record["loss"]) and "mix_label_weight" in record
 
 
 def test_main_end_to_end_on_image_folder(image_folder, tmp_path):

@@ -8,6 +8,22 @@ Every model maps NHWC float images (N, H, W, 3) to float32 logits
                                   mutable=['batch_stats'])
     logits = model.apply(variables, x, train=False)   # eval: running stats
 
+Manifold Mixup: every model also takes a keyword-only
+``manifold_mix=None`` (a ``sage_jax.augment.ManifoldMix``: traced int32 mix
+point ``layer``, float32 ``lam``, int32 ``perm`` (N,))::
+
+    mix = augment.draw_manifold_mix(key, x.shape[0])   # k ~ U{0,1,2}, λ ~ Beta(2,2)
+    logits, updates = model.apply(variables, x, train=True,
+                                  manifold_mix=mix, mutable=['batch_stats'])
+    targets = augment.manifold_mixup_targets(labels, mix, num_classes=K)
+
+The batch is mixed, ``h <- lam * h + (1 - lam) * h[perm]``, at point 0 (the
+input images), 1 (output of the first stage) or 2 (output of the second
+stage) — where the reference code mixes, see each model's docstring — and
+every BatchNorm after the point sees the mixed batch. The point is selected
+with ``jnp.where`` on the traced ``layer``, so one jit compilation serves
+all three. ``None`` is the plain forward and adds no variables.
+
 ``width`` is the number of channels of the first stage; every other channel
 count scales proportionally (rounded, at least 1). ``None`` selects each
 architecture's default, which reproduces the paper model exactly:

@@ -9,6 +9,11 @@ PreActResNet8 is a small smoke-test variant: the same stem and block, three
 stages of one block each with widths w/2w/4w and strides 1/2/2 (w = 16).
 
 All weights use PyTorch's default initialisation (see ``init.py``).
+
+Manifold Mixup hooks (``manifold_mix``, see ``sage_jax.augment.manifold``):
+point 0 is the input image, point 1 the output of ``stem`` + stage 1 (the
+last ``stage1_block*``'s raw residual sum, no BN/ReLU), point 2 the output of
+stage 2 (the last ``stage2_block*``), as in the reference forward.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from sage_jax.augment.manifold import ManifoldMix, mix_at
 from sage_jax.models.init import batch_norm, conv, pooled_logits
 
 Dtype = Any
@@ -82,6 +88,17 @@ class PreActResNet(nn.Module):
   Use :func:`preactresnet18` / :func:`preactresnet8` to build the named
   architectures.
 
+  ``__call__(x, *, train, manifold_mix=None)``: ``train`` selects batch
+  statistics (True) or running averages (False) in every BatchNorm.
+  ``manifold_mix`` (a ``sage_jax.augment.ManifoldMix`` or None) mixes the
+  batch ``h <- lam * h + (1 - lam) * h[perm]`` at its drawn point:
+  0 = the input images, 1 = the output of stage 1 (raw residual sum of the
+  last ``stage1_block*``, before any BN/ReLU), 2 = the output of stage 2
+  (last ``stage2_block*``). Every BatchNorm after the point sees the mixed
+  activations. The point may be traced: one compiled program covers every
+  point. None (the default) is the plain forward; the argument adds no
+  variables, so the parameter tree is the same either way.
+
   Attributes:
     num_classes: number of output logits.
     stem_features: output channels of the 3x3 stem conv.
@@ -100,7 +117,9 @@ class PreActResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool,
+               manifold_mix: ManifoldMix | None = None) -> jax.Array:
+    x = mix_at(x, manifold_mix, 0)
     x = conv(self.stem_features, 3, in_features=x.shape[-1], use_bias=False,
              dtype=self.dtype, name="stem")(x)
     for stage, (width, num_blocks, stride) in enumerate(
@@ -110,6 +129,10 @@ class PreActResNet(nn.Module):
                         dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                         name=f"stage{stage + 1}_block{block + 1}")(
                             x, train=train)
+      if stage < 2:
+        # Points 1 and 2: the stage's raw residual sum, as the reference
+        # mixes `layer1` / `layer2` outputs (the next block's bn1 follows).
+        x = mix_at(x, manifold_mix, stage + 1)
     # No final BN/ReLU: the reference network pools the raw residual stream.
     return pooled_logits(x, self.num_classes, self.dtype)
 

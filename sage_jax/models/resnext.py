@@ -9,6 +9,11 @@ and a dense classifier follow. 4,845,002 parameters for 10 classes.
 
 Initialisation follows the reference: conv kernels N(0, 2 / (k * k * out)),
 BN scale 1 / bias 0, and the classifier keeps PyTorch's default init.
+
+Manifold Mixup hooks (``manifold_mix``, see ``sage_jax.augment.manifold``):
+point 0 is the input image, points 1 and 2 the post-ReLU outputs of stage 1
+(``stage1_block3``) and stage 2 (``stage2_block3``), as in the reference's
+``CifarResNeXt_new`` forward.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from sage_jax.augment.manifold import ManifoldMix, mix_at
 from sage_jax.models.init import (batch_norm, conv, pooled_logits,
                                   kaiming_normal_fan_out, scaled_channels)
 
@@ -102,6 +108,17 @@ class ResNeXt(nn.Module):
   ``stage_planes[i]`` planes and ``stage_group_widths[i]`` channels per group;
   its first block uses ``stage_strides[i]``.
 
+  ``__call__(x, *, train, manifold_mix=None)``: ``train`` selects batch
+  statistics (True) or running averages (False) in every BatchNorm.
+  ``manifold_mix`` (a ``sage_jax.augment.ManifoldMix`` or None) mixes the
+  batch ``h <- lam * h + (1 - lam) * h[perm]`` at its drawn point:
+  0 = the input images, 1 = the output of stage 1 (post-ReLU output of the
+  last ``stage1_block*``), 2 = the output of stage 2 (last
+  ``stage2_block*``). Every BatchNorm after the point sees the mixed
+  activations. The point may be traced: one compiled program covers every
+  point. None (the default) is the plain forward; the argument adds no
+  variables.
+
   Attributes:
     num_classes: number of output logits.
     stem_features: output channels of the stem conv.
@@ -124,7 +141,9 @@ class ResNeXt(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool,
+               manifold_mix: ManifoldMix | None = None) -> jax.Array:
+    x = mix_at(x, manifold_mix, 0)
     x = conv(self.stem_features, 3, in_features=x.shape[-1], use_bias=False,
              kernel_init=kaiming_normal_fan_out, dtype=self.dtype,
              name="stem")(x)
@@ -140,6 +159,10 @@ class ResNeXt(nn.Module):
                               dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                               name=f"stage{stage + 1}_block{block + 1}")(
                                   x, train=train)
+      if stage < 2:
+        # Points 1 and 2: the stage output after the block's final ReLU, as
+        # the reference mixes `stage_1` / `stage_2` outputs.
+        x = mix_at(x, manifold_mix, stage + 1)
     return pooled_logits(x, self.num_classes, self.dtype)
 
 

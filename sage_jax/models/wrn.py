@@ -6,6 +6,11 @@ widths 16*8 / 32*8 / 64*8 = 128/256/512 after a 16-channel stem. Every conv
 parameters for 10 classes. There is no dropout layer (the spec has none).
 
 All weights use PyTorch's default initialisation (see ``init.py``).
+
+Manifold Mixup hooks (``manifold_mix``, see ``sage_jax.augment.manifold``):
+point 0 is the input image, points 1 and 2 the raw residual sums that leave
+stage 1 (``stage1_block2``) and stage 2 (``stage2_block2``), as in the
+reference forward.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from sage_jax.augment.manifold import ManifoldMix, mix_at
 from sage_jax.models.init import batch_norm, conv, pooled_logits, scaled_channels
 
 Dtype = Any
@@ -84,6 +90,17 @@ class WideResNet(nn.Module):
   relu(bn(.)) (flax momentum 0.1, see ``_FINAL_BN_MOMENTUM``), global average
   pooling and a dense classifier.
 
+  ``__call__(x, *, train, manifold_mix=None)``: ``train`` selects batch
+  statistics (True) or running averages (False) in every BatchNorm.
+  ``manifold_mix`` (a ``sage_jax.augment.ManifoldMix`` or None) mixes the
+  batch ``h <- lam * h + (1 - lam) * h[perm]`` at its drawn point:
+  0 = the input images, 1 = the output of stage 1 (raw residual sum of the
+  last ``stage1_block*``), 2 = the output of stage 2 (last
+  ``stage2_block*``). Every BatchNorm after the point, including
+  ``final_bn``, sees the mixed activations. The point may be traced: one
+  compiled program covers every point. None (the default) is the plain
+  forward; the argument adds no variables.
+
   Attributes:
     num_classes: number of output logits.
     stem_features: output channels of the stem conv.
@@ -102,7 +119,9 @@ class WideResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool,
+               manifold_mix: ManifoldMix | None = None) -> jax.Array:
+    x = mix_at(x, manifold_mix, 0)
     x = conv(self.stem_features, 3, in_features=x.shape[-1], use_bias=True,
              dtype=self.dtype, name="stem")(x)
     for stage, (width, num_blocks, stride) in enumerate(
@@ -112,6 +131,10 @@ class WideResNet(nn.Module):
                            dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                            name=f"stage{stage + 1}_block{block + 1}")(
                                x, train=train)
+      if stage < 2:
+        # Points 1 and 2: the stage's raw residual sum, as the reference
+        # mixes `layer1` / `layer2` outputs.
+        x = mix_at(x, manifold_mix, stage + 1)
     x = nn.relu(batch_norm(train=train, axis_name=self.bn_axis_name,
                            dtype=self.dtype, momentum=_FINAL_BN_MOMENTUM,
                            name="final_bn")(x))
