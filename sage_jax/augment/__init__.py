@@ -10,6 +10,10 @@
 """
 from sage_jax.augment.gradients import SageGradients
 from sage_jax.augment.gradients import sage_value_and_grad
+from sage_jax.augment.manifold import draw_manifold_mix
+from sage_jax.augment.manifold import ManifoldMix
+from sage_jax.augment.manifold import manifold_mixup_targets
+from sage_jax.augment.manifold import mix_at
 from sage_jax.augment.mixing import cutmix
 from sage_jax.augment.mixing import MASK_MODES
 from sage_jax.augment.mixing import MixResult
@@ -25,6 +29,7 @@ from sage_jax.augment.saliency import saliency_map
 __all__ = [
     "MASK_MODES", "MixResult", "SEARCH_MODES", "SageGradients", "all_offsets",
     "cutmix",
+    "ManifoldMix", "draw_manifold_mix", "manifold_mixup_targets", "mix_at",
     "mixup", "num_sampled_offsets", "sage", "sage_value_and_grad",
     "sample_offsets", "saliency_map", "shift",
 ]
