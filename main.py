@@ -18,6 +18,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from sage_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (see configs/).",
     lock_config=True)
@@ -70,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,7 +1,7 @@
 """Train-step cost of each method, and the collectives SAGE adds.
 
     python benchmarks/step_bench.py [--model preactresnet18] [--width 64]
-                                    [--batch 128] [--steps 5]
+                                    [--batch 128] [--steps 5] [--image_size 32]
     python benchmarks/step_bench.py --table [--table_out runtime_table.md]
 
 Prints, measured in one process on one device: the jitted train-step time of
@@ -10,7 +10,9 @@ exhaustive search) on the same model and batch, timed interleaved (one step
 of each method per round, median over rounds), each as a ratio to vanilla,
 and images/s with the projected hours for 300 CIFAR-10 epochs. Then, in a subprocess with 8 (forced
 host) devices, the number of cross-device collectives in the compiled SAGE
-step and the vanilla step (SAGE must add none).
+step and the vanilla step (SAGE must add none). It also times SaliencyMix's
+device saliency (`augment.fine_grained_saliency`) of the whole batch and of
+the one image a step needs, as a share of the vanilla step.
 
 With --table the batch defaults to the paper's 100 and it also prints (and
 with --table_out writes) this machine's analogue of Table 3 of the paper's
@@ -115,13 +117,33 @@ def runtime_table(times: dict, *, batch: int, device: str, model: str,
   return "\n".join(lines) + "\n"
 
 
+def saliency_seconds(batch: int, size: int, repeats: int) -> dict:
+  """Median seconds of the jitted fine-grained saliency: whole batch, one image."""
+  import time  # pylint: disable=g-import-not-at-top
+  from sage_jax import augment  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  saliency = jax.jit(augment.fine_grained_saliency)
+  result = {}
+  for label, count in ((f"batch of {batch}", batch), ("one image (per step)", 1)):
+    images = jax.device_put(rng.integers(0, 256, (count, size, size, 3), np.uint8))
+    jax.block_until_ready(saliency(images))
+    times = []
+    for _ in range(max(repeats, 20)):
+      start = time.perf_counter()
+      jax.block_until_ready(saliency(images))
+      times.append(time.perf_counter() - start)
+    result[label] = float(np.median(times))
+  return result
+
+
 def count_collectives(args) -> dict:
   """Collective ops in the compiled 8-device step of each method."""
   mesh = jax.make_mesh((8,), ("data",))
   counts = {}
   for method, overrides in (("vanilla", {}), ("sage sampled", {})):
     text = train.lower_train_step(make_config(method, overrides, args), mesh,
-                                  num_classes=10, image_shape=(32, 32, 3)
+                                  num_classes=10,
+                                  image_shape=(args.image_size, args.image_size, 3)
                                   ).compile().as_text()
     counts[method] = sum(text.count(op) for op in COLLECTIVE_OPS)
   return counts
@@ -134,6 +156,8 @@ def main():
   parser.add_argument("--batch", type=int, default=None,
                       help="global batch (default 128; 100 with --table)")
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--image_size", type=int, default=32,
+                      help="square image side (CIFAR: 32)")
   parser.add_argument("--table", action="store_true",
                       help="also print the Markdown runtime table (Table 3)")
   parser.add_argument("--table_out", default="",
@@ -151,16 +175,23 @@ def main():
 
   devices = jax.devices()
   mesh = jax.sharding.Mesh(np.asarray(devices[:1]), ("data",))
+  size = args.image_size
   print(f"jax {jax.__version__} on {devices[0].device_kind}; {args.model} width "
-        f"{args.width}, batch {args.batch}, 32x32x3, one device")
+        f"{args.width}, batch {args.batch}, {size}x{size}x3, one device; "
+        f"{args.steps} interleaved rounds")
   times = common.interleaved_step_times(
       {method: make_config(method, overrides, args) for method, overrides in METHODS},
-      mesh, args.steps)
+      mesh, args.steps, image_size=size)
   print(f"{'method':16s} {'step ms':>9s} {'/vanilla':>9s} {'images/s':>9s} "
         f"{'h/300 ep':>9s}")
   for method, seconds in times.items():
     print(f"{method:16s} {1e3 * seconds:9.1f} {seconds / times['vanilla']:9.3f} "
           f"{args.batch / seconds:9.1f} {projected_hours(seconds, args.batch):9.1f}")
+
+  saliency = saliency_seconds(args.batch, size, args.steps)
+  for label, seconds in saliency.items():
+    print(f"saliencymix saliency, {label}: {1e3 * seconds:.3f} ms = "
+          f"{100 * seconds / times['vanilla']:.3f}% of the vanilla step")
 
   if args.table:
     table = runtime_table(
@@ -181,7 +212,7 @@ def main():
   result = subprocess.run(
       [sys.executable, os.path.abspath(__file__), "--collectives-only",
        "--model", args.model, "--width", str(args.width),
-       "--batch", str(collective_batch)],
+       "--batch", str(collective_batch), "--image_size", str(size)],
       env=env, capture_output=True, text=True, check=True)
   print("collectives in the compiled 8-device step:", result.stdout.strip().splitlines()[-1])
 

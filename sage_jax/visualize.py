@@ -7,9 +7,12 @@
 One row per pair (image i, partner π(i)), with the columns of `COLUMNS`:
 the two images, their saliency, SAGE's mask M (white = image i, black =
 partner), the SAGE image, "w/o OR" (no shift, `search="none"`), "w/o SM"
-(constant mask M = λ, `mask="constant"`), Mixup and CutMix. Every method
-mixes the same pair with the same λ (the `lam=`/`perm=` overrides) and the
-same key, so the columns differ only by the method. Under each mixed image
+(constant mask M = λ, `mask="constant"`), Mixup, CutMix and SaliencyMix
+(its box around the peak of the partner's fine-grained saliency, shown for
+every row's own partner and always mixed). Every method mixes the same pair
+with the same λ (the `lam=`/`perm=` overrides) and the same key, so the
+columns differ only by the method. Manifold Mixup mixes hidden features; its
+input-level case (k = 0) is the Mixup column. Under each mixed image
 are its label weights, e.g. "cat 0.62 / dog 0.38".
 
 The saliency is that of the workdir's trained model (the latest checkpoint),
@@ -38,7 +41,9 @@ from sage_jax.curves import write_png  # re-exported: the PNG writer
 
 COLUMNS = ("image i", "partner π(i)", "saliency s_i", "saliency s_π(i)",
            "SAGE mask M\n(white: image i)", "SAGE", "w/o OR\n(no shift)", "w/o SM\n(M = λ)",
-           "Mixup", "CutMix")
+           "Mixup", "CutMix", "SaliencyMix")
+# The mixed-image columns, in order (names of `mix_columns`' results).
+MIXED_COLUMNS = ("SAGE", "w/o OR", "w/o SM", "Mixup", "CutMix", "SaliencyMix")
 
 # Layout in inches (at any dpi): square image cells, a caption band under
 # each row for up to three lines of 7-pt text, a header band for the
@@ -143,7 +148,8 @@ def _weights_caption(names: Sequence[str], own: Sequence[int], partner: Sequence
 
 def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
                 saliency: jax.Array, *, num_classes: int, lam: float,
-                search: str = "sampled", sample_fraction: float = 0.01) -> dict:
+                search: str = "sampled", sample_fraction: float = 0.01,
+                images_uint8: Any = None) -> dict:
   """Every method's result for the pairs of `pair_permutation`.
 
   Args:
@@ -154,12 +160,16 @@ def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
     num_classes: K.
     lam: λ in [0, 1], the share of image i, used by every method.
     search, sample_fraction: SAGE's offset search (as in training).
+    images_uint8: the same images as uint8 (2n, H, W, C), for SaliencyMix's
+      saliency; without them there is no "SaliencyMix" entry.
 
   Returns:
     dict with, for the n displayed rows: "mask" (n, H, W) SAGE's mask M,
     "offset" int (n, 2) SAGE's τ*, and for each of "SAGE", "w/o OR",
-    "w/o SM", "Mixup", "CutMix" a pair (images (n, H, W, C) normalised,
-    weights (n,) = the label weight of image i).
+    "w/o SM", "Mixup", "CutMix" (and "SaliencyMix") a pair (images
+    (n, H, W, C) normalised, weights (n,) = the label weight of image i).
+    SaliencyMix pastes one box per row, from the map of that row's partner
+    (the training step uses one box per batch).
   """
   num_pairs = images.shape[0] // 2
   # One compiled program for all methods: op-by-op dispatch of six SAGE
@@ -169,7 +179,32 @@ def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
                          jnp.asarray(saliency, jnp.float32),
                          jnp.asarray(lam, jnp.float32), num_classes=num_classes,
                          search=search, sample_fraction=sample_fraction)
+  if images_uint8 is not None:
+    columns["SaliencyMix"] = _saliencymix_rows(
+        key, jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32),
+        jnp.asarray(images_uint8, jnp.uint8), jnp.asarray(lam, jnp.float32),
+        num_classes=num_classes)
   return jax.tree.map(lambda x: np.asarray(x)[:num_pairs], columns)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _saliencymix_rows(key, images, labels, images_uint8, lam, *, num_classes):
+  """SaliencyMix of each pair with its own partner's box (always mixed)."""
+  perm = jnp.asarray(pair_permutation(images.shape[0] // 2))
+  maps = augment.fine_grained_saliency(images_uint8)
+
+  def one_row(row):
+    # A two-image batch (image, its partner) with perm (1, 0): the box comes
+    # from the map of the partner of sample 0, as in training.
+    partner = perm[row]
+    pair = jnp.stack([images[row], images[partner]])
+    result = augment.saliencymix(
+        key, pair, jnp.stack([labels[row], labels[partner]]), maps[partner],
+        mix_prob=1.0, lam=lam, perm=jnp.array([1, 0], jnp.int32),
+        num_classes=num_classes)
+    return result.images[0], result.lam[0]
+
+  return jax.vmap(one_row)(jnp.arange(images.shape[0]))
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "search",
@@ -293,12 +328,12 @@ def augmentation_grid(images_uint8: np.ndarray, labels: np.ndarray,
   columns = mix_columns(jax.random.key(seed), images, labels.astype(np.int32),
                         jnp.asarray(saliency, jnp.float32),
                         num_classes=len(class_names), lam=lam, search=search,
-                        sample_fraction=sample_fraction)
+                        sample_fraction=sample_fraction, images_uint8=images_uint8)
   shown = denormalize(images, mean, std)
   own, partner = labels[:num_pairs], labels[num_pairs:]
   heat = colorize(saliency)
   mask_rgb = colorize(columns["mask"], cmap="gray", vmax=1.0)
-  method_names = ("SAGE", "w/o OR", "w/o SM", "Mixup", "CutMix")
+  method_names = MIXED_COLUMNS
   cells = [[_to_rgb(shown[k]), _to_rgb(shown[k + num_pairs]), heat[k],
             heat[k + num_pairs], mask_rgb[k]] for k in range(num_pairs)]
   captions = [[class_names[own[k]], class_names[partner[k]], "", "",

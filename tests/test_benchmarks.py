@@ -125,3 +125,24 @@ def test_scaling_script_end_to_end():
   assert reduced[8] >= param_bytes > 0, out
   # Gradients (= params) plus a handful of metric scalars.
   assert reduced[8] < param_bytes + 1024, out
+
+
+def test_step_bench_end_to_end_times_every_method():
+  from sage_jax import methods  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_backend_optimization_level=0")
+  result = subprocess.run(
+      [sys.executable, str(BENCHMARKS / "step_bench.py"), "--model", "preactresnet8",
+       "--width", "4", "--batch", "8", "--image_size", "8", "--steps", "1",
+       "--table"],
+      env=env, capture_output=True, text=True, timeout=600, check=True)
+  out = result.stdout
+  ratios = {line.split()[0]: float(line.split()[2]) for line in out.splitlines()
+            if re.match(r"^(\w+( \w+)?)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", line)}
+  for name in methods.METHOD_NAMES:
+    assert name in ratios, (name, out)
+  assert ratios["vanilla"] == 1.0
+  assert "saliencymix saliency, batch of 8" in out
+  assert "| manifold_mixup |" in out and "| saliencymix |" in out
+  assert re.search(r"collectives in the compiled 8-device step: vanilla=\d+ "
+                   r"sage_sampled=\d+", out), out

@@ -181,12 +181,17 @@ def test_manifold_mixup_at_the_input_is_mixup_on_the_same_draws(monkeypatch):
   assert float(out.metrics["mix_label_weight"]) == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize("method", ["manifold_mixup"])
-def test_eight_device_step_is_the_mean_of_per_shard_steps(method):
+@pytest.mark.parametrize("method,overrides", [
+    ("manifold_mixup", {}),
+    ("saliencymix", {"saliencymix.mix_prob": 1.0}),
+    # The compatibility option: OpenCV on the host, inside the mapped step.
+    ("saliencymix", {"saliencymix.mix_prob": 1.0,
+                     "saliencymix.saliency": "released_float_image"})])
+def test_eight_device_step_is_the_mean_of_per_shard_steps(method, overrides):
   # Pairs are formed within each device's shard and nothing but the gradient
   # (and the metrics) is communicated: the 8-device update equals the update
   # with the mean of the eight shards' own method steps.
-  config = tiny_config(method=method)
+  config = tiny_config(method=method, **overrides)
   num_devices, per_device = 8, 2
   mesh = jax.make_mesh((num_devices,), ("data",))
   model = models.create_model("preactresnet8", num_classes=NUM_CLASSES, width=4)

@@ -6,7 +6,9 @@
     out.images, out.labels, out.lam, out.perm, out.offset
 
 `sage_value_and_grad` wraps a loss function into SAGE's full training gradient
-(one backward pass for the clean gradient and the saliency, gradient reuse).
+(one backward pass for the clean gradient and the saliency, gradient reuse);
+`nnx_sage_value_and_grad` does the same for a Flax NNX module. Importing this
+package needs jax and numpy only (flax is imported by the NNX helper).
 """
 from sage_jax.augment.gradients import SageGradients
 from sage_jax.augment.gradients import sage_value_and_grad
@@ -16,15 +18,22 @@ from sage_jax.augment.manifold import manifold_mixup_targets
 from sage_jax.augment.manifold import mix_at
 from sage_jax.augment.mixing import cutmix
 from sage_jax.augment.mixing import MASK_MODES
+from sage_jax.augment.mixing import MIX_STATIC_ARGNAMES
 from sage_jax.augment.mixing import MixResult
 from sage_jax.augment.mixing import mixup
 from sage_jax.augment.mixing import sage
+from sage_jax.augment.mixing import SAGE_STATIC_ARGNAMES
 from sage_jax.augment.mixing import SEARCH_MODES
+from sage_jax.augment.nnx_gradients import nnx_sage_value_and_grad
 from sage_jax.augment.rearrange import all_offsets
 from sage_jax.augment.rearrange import num_sampled_offsets
 from sage_jax.augment.rearrange import sample_offsets
 from sage_jax.augment.rearrange import shift
 from sage_jax.augment.saliency import saliency_map
+from sage_jax.augment.saliencymix import fine_grained_saliency
+from sage_jax.augment.saliencymix import opencv_saliency
+from sage_jax.augment.saliencymix import saliency_box
+from sage_jax.augment.saliencymix import saliencymix
 
 __all__ = [
     "MASK_MODES", "MixResult", "SEARCH_MODES", "SageGradients", "all_offsets",
@@ -32,4 +41,6 @@ __all__ = [
     "ManifoldMix", "draw_manifold_mix", "manifold_mixup_targets", "mix_at",
     "mixup", "num_sampled_offsets", "sage", "sage_value_and_grad",
     "sample_offsets", "saliency_map", "shift",
+    "fine_grained_saliency", "opencv_saliency", "saliency_box", "saliencymix",
+    "MIX_STATIC_ARGNAMES", "SAGE_STATIC_ARGNAMES", "nnx_sage_value_and_grad",
 ]

@@ -28,6 +28,11 @@ SEARCH_MODES = ("sampled", "exhaustive", "none")
 MASK_MODES = ("saliency", "constant")
 # λ and 1-λ are clamped here before scaling the saliency (released code).
 _RATIO_EPS = 1e-12
+# Options that fix shapes or Python control flow: static under `jax.jit`, e.g.
+# `jax.jit(augment.sage, static_argnames=augment.SAGE_STATIC_ARGNAMES)`.
+SAGE_STATIC_ARGNAMES = ("num_classes", "search", "sample_fraction", "mask",
+                        "check_labels")
+MIX_STATIC_ARGNAMES = ("num_classes", "check_labels")
 
 
 class MixResult(NamedTuple):
@@ -80,10 +85,13 @@ def _mix_labels(targets: jax.Array, perm: jax.Array, own_weight: jax.Array):
           + (1.0 - own_weight[:, None]) * targets[perm])
 
 
-def _check_common(images, labels, num_classes, alpha):
+def _check_common(images, labels, num_classes, alpha, check_labels, function,
+                  static_argnames):
+  for name, value in (("num_classes", num_classes), ("check_labels", check_labels)):
+    _checks.check_static(name, value, function, static_argnames)
   _checks.check_images(images)
   _checks.check_positive("alpha", alpha)
-  return _checks.to_targets(labels, images.shape[0], num_classes)
+  return _checks.to_targets(labels, images.shape[0], num_classes, check_labels)
 
 
 def _resolve_lam(lam, key, draw):
@@ -133,7 +141,7 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
          num_classes: Optional[int] = None, lam: Optional[Any] = None,
          perm: Optional[jax.Array] = None,
          offsets: Optional[jax.Array] = None,
-         mask: str = "saliency") -> MixResult:
+         mask: str = "saliency", check_labels: bool = False) -> MixResult:
   """Saliency-guided mixup with optimal rearrangement (SAGE) of one batch.
 
   Image i is mixed with partner π(i), shifted by the offset that keeps the
@@ -143,21 +151,30 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
     key: PRNG key. It is split into (λ, permutation, sampled offsets) keys in
       that order with `jax.random.split(key, 3)`.
     images: (B, H, W, C) floating, normalised images (so zero fill of shifted
-      content is the dataset mean colour). Any H, W, C and B ≥ 1 (B = 1 pairs
-      the image with itself).
+      content is the dataset mean colour). Any H, W and B ≥ 1 (B = 1 pairs
+      the image with itself), and C ≤ 4 or C ≤ H: a last dimension above both
+      is taken for an NCHW batch and rejected.
     labels: int (B,) class indices (then `num_classes` is required) or float
-      (B, K) one-hot or soft labels.
+      (B, K) one-hot or soft labels. Int labels outside [0, num_classes) are
+      an error when concrete; under jit they are not checked unless
+      `check_labels=True` and become all-zero target rows.
     saliency: (B, H, W) non-negative saliency, e.g. from `saliency_map`. An
       all-zero map is treated as uniform.
     alpha: Beta(alpha, alpha) parameter of the mix ratio, > 0.
-    upper_lambda: λ = upper_lambda·Beta(alpha, alpha) (scaled, not clipped),
-      in [0, 1].
+    upper_lambda: u in [0, 1]: λ = u·Beta(alpha, alpha) (scaled, not
+      clipped, so λ ~ U(0, u) for alpha = 1). The paper tunes u per dataset
+      and architecture: 0.6 for CIFAR-10 PreActResNet18 (its ablation: 0.5 →
+      96.75 %, 0.6 → 96.95 %, 1.0 → 96.6 %), 0.5 for CIFAR-100
+      PreActResNet18, 0.7 for CIFAR-100 WRN16-8 and ResNeXt29. The default
+      1.0 does not scale λ, so it is Mixup's Beta(alpha, alpha) draw and
+      assumes no dataset; pass the paper's value for its settings.
     search: "sampled" scores `max(1, int(sample_fraction·(2H-1)(2W-1)))` random
       offsets shared by the batch (the paper's setting); "exhaustive" finds the
       best of all (2H-1)(2W-1) offsets (FFT ranking, exact rescoring);
       "none" never shifts (τ = 0, the paper's "w/o OR" ablation).
     sample_fraction: share of offsets scored by "sampled", in (0, 1].
-    num_classes: number of classes, needed for int labels.
+    num_classes: number of classes, needed for int labels (a Python int:
+      static under jit).
     lam: optional scalar λ used as is (overrides the Beta draw).
     perm: optional int (B,) partner indices (overrides the permutation).
     offsets: optional int (K, 2) candidate (dy, dx) offsets scored exactly in
@@ -171,18 +188,32 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
       the shift leaves empty (zero fill, i.e. the dataset mean colour) count
       as the partner's, so the label weight stays λ rather than the share of
       visible partner content. With `search="none"` this is exactly Mixup.
+    check_labels: with traced int labels, add a `jax.experimental.checkify`
+      check that they lie in [0, num_classes); the caller must then run
+      under `checkify.checkify` (`err, out = checkify.checkify(jax.jit(f))(
+      ...); err.throw()`). Off by default: the check costs a reduction per
+      call and an error output.
+
+  `num_classes`, `search`, `sample_fraction`, `mask` and `check_labels` fix
+  shapes or control flow: under `jax.jit` mark them static
+  (`static_argnames=SAGE_STATIC_ARGNAMES`).
 
   Returns:
     `MixResult`; `lam` holds γ_i = mean of the mask, the label weight (λ for
     every row when `mask="constant"`).
 
   Raises:
-    ValueError: on wrong ranks or batch sizes, negative saliency (checked when
-      the values are concrete, i.e. outside jit), int labels without
-      `num_classes`, an unknown `search` or `mask`, or out-of-range
-      hyperparameters.
+    ValueError: on wrong ranks or batch sizes, NCHW-looking images, negative
+      saliency or out-of-range int labels (checked when the values are
+      concrete, i.e. outside jit), int labels without `num_classes`, an
+      unknown `search` or `mask`, or out-of-range hyperparameters.
+    TypeError: if a static option (`num_classes`, `sample_fraction`, ...) is
+      traced.
   """
-  targets = _check_common(images, labels, num_classes, alpha)
+  _checks.check_static("sample_fraction", sample_fraction, "augment.sage",
+                       SAGE_STATIC_ARGNAMES)
+  targets = _check_common(images, labels, num_classes, alpha, check_labels,
+                          "augment.sage", SAGE_STATIC_ARGNAMES)
   batch, height, width, _ = images.shape
   _checks.check_rank("saliency", saliency, 3, "(B, H, W)")
   if jnp.shape(saliency) != (batch, height, width):
@@ -239,15 +270,17 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
 def mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
           alpha: float = 1.0, num_classes: Optional[int] = None,
           lam: Optional[Any] = None,
-          perm: Optional[jax.Array] = None) -> MixResult:
+          perm: Optional[jax.Array] = None,
+          check_labels: bool = False) -> MixResult:
   """Mixup (Zhang et al. 2018): x' = λx_i + (1-λ)x_π(i), one λ ~ Beta(α, α).
 
   Args and errors as `sage` (no saliency). `key` is split into (λ,
   permutation) keys; `lam` (scalar in [0, 1]) and `perm` (int (B,)) override
-  those draws, as in `sage`. Returns `MixResult` with `lam` = λ for every
-  row and zero offsets.
+  those draws, as in `sage`. Static under jit: `MIX_STATIC_ARGNAMES`.
+  Returns `MixResult` with `lam` = λ for every row and zero offsets.
   """
-  targets = _check_common(images, labels, num_classes, alpha)
+  targets = _check_common(images, labels, num_classes, alpha, check_labels,
+                          "augment.mixup", MIX_STATIC_ARGNAMES)
   batch = images.shape[0]
   lam_key, perm_key = jax.random.split(key)
   mix_ratio = _resolve_lam(lam, lam_key,
@@ -286,17 +319,19 @@ def cutmix_box(key: jax.Array, height: int, width: int, mix_ratio: jax.Array):
 def cutmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
            alpha: float = 1.0, num_classes: Optional[int] = None,
            lam: Optional[Any] = None,
-           perm: Optional[jax.Array] = None) -> MixResult:
+           perm: Optional[jax.Array] = None,
+           check_labels: bool = False) -> MixResult:
   """CutMix: paste a box of the partner π(i) into image i, one box per call.
 
   λ ~ Beta(α, α) sets the box area (see `cutmix_box`); the label weight is
   then corrected to the clipped box: lam = 1 - box area / (H·W). `key` is
   split into (λ, permutation, box) keys. `lam` overrides the draw λ that
   sizes the box (the returned weight is still the corrected one) and `perm`
-  the permutation; the box position always comes from `key`. Args and
-  errors as `mixup`.
+  the permutation; the box position always comes from `key`. Args, errors
+  and static options as `mixup`.
   """
-  targets = _check_common(images, labels, num_classes, alpha)
+  targets = _check_common(images, labels, num_classes, alpha, check_labels,
+                          "augment.cutmix", MIX_STATIC_ARGNAMES)
   batch, height, width, _ = images.shape
   lam_key, perm_key, box_key = jax.random.split(key, 3)
   mix_ratio = _resolve_lam(lam, lam_key,

@@ -49,10 +49,15 @@ def saliency_map(input_grads: jax.Array, *, sigma: float = 1.0,
     through them (they are a constant for the mixing).
 
   Raises:
-    ValueError: if `input_grads` is not rank 4 or not floating, if
-      `kernel_size` is not an odd positive int, or `sigma` is not > 0.
+    ValueError: if `input_grads` is not rank 4, looks NCHW (see `sage`'s
+      `images`) or is not floating, if `kernel_size` is not an odd positive
+      int, or `sigma` is not > 0.
+    TypeError: if `kernel_size` is traced (mark it static under jit).
   """
   _checks.check_rank("input_grads", input_grads, 4, "(B, H, W, C)")
+  _checks.check_layout("input_grads", input_grads)
+  _checks.check_static("kernel_size", kernel_size, "augment.saliency_map",
+                       ("kernel_size",))
   if not jnp.issubdtype(jnp.result_type(input_grads), jnp.floating):
     raise ValueError(
         f"`input_grads` must be floating; got {jnp.result_type(input_grads)}.")

@@ -15,6 +15,7 @@ from sage_jax.methods import cutmix
 from sage_jax.methods import manifold_mixup
 from sage_jax.methods import mixup
 from sage_jax.methods import sage
+from sage_jax.methods import saliencymix
 from sage_jax.methods import vanilla
 from sage_jax.methods.base import Batch
 from sage_jax.methods.base import Method
@@ -23,7 +24,7 @@ from sage_jax.methods.base import StepOutput
 
 # config.method -> Method, in the order of the paper's tables.
 REGISTRY = {module.METHOD.name: module.METHOD for module in (
-    vanilla, mixup, cutmix, manifold_mixup, sage)}
+    vanilla, mixup, cutmix, manifold_mixup, saliencymix, sage)}
 METHOD_NAMES = tuple(REGISTRY)
 
 
