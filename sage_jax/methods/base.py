@@ -147,6 +147,21 @@ BOOLEAN: Rule = (lambda v: isinstance(v, bool), "must be True or False")
 # --- Building blocks of simple methods --------------------------------------------------
 
 
+def train_pass(context: StepContext, params, batch_stats, images, targets, labels,
+               **model_kwargs) -> StepOutput:
+  """One train-mode forward/backward with the configured loss.
+
+  Returns this pass's gradient, the updated BN statistics and the metrics
+  'loss' and 'accuracy' (of the logits against `labels`, each image's own
+  class). `model_kwargs` go to the model (e.g. `manifold_mix=`).
+  """
+  (loss, (batch_stats, logits)), grads = jax.value_and_grad(
+      context.model_loss, has_aux=True)(params, batch_stats, images, targets,
+                                        **model_kwargs)
+  return StepOutput(grads, batch_stats,
+                    {"loss": loss, "accuracy": accuracy(logits, labels)})
+
+
 def input_mixing_method(name: str, summary: str, mix_fn: Callable,
                         default_config: Callable[[], ml_collections.ConfigDict],
                         config_rules: Mapping[str, Rule]) -> Method:
@@ -163,11 +178,8 @@ def input_mixing_method(name: str, summary: str, mix_fn: Callable,
     def step(key, params, batch_stats, batch: Batch) -> StepOutput:
       mixed = mix_fn(key, batch.images, batch.labels,
                      num_classes=context.num_classes, **options)
-      (loss, (batch_stats, logits)), grads = jax.value_and_grad(
-          context.model_loss, has_aux=True)(params, batch_stats, mixed.images,
-                                            mixed.labels)
-      return StepOutput(grads, batch_stats,
-                        {"loss": loss, "accuracy": accuracy(logits, batch.labels)})
+      return train_pass(context, params, batch_stats, mixed.images, mixed.labels,
+                        batch.labels)
 
     return step
 

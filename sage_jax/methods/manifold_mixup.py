@@ -8,7 +8,7 @@ is λ·onehot(y) + (1-λ)·onehot(y[perm]). One train-mode pass, so the
 BatchNorm layers after the mix point see mixed activations. k is a traced
 value: one compiled step serves all three points.
 """
-import jax
+import jax.numpy as jnp
 import ml_collections
 
 from sage_jax import augment
@@ -37,13 +37,11 @@ def make_step(context: base.StepContext, method_config) -> base.StepFn:
                                     num_points=method_config.num_points)
     targets = augment.manifold_mixup_targets(batch.labels, mix,
                                              num_classes=context.num_classes)
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(
-        context.model_loss, has_aux=True)(params, batch_stats, batch.images,
-                                          targets, manifold_mix=mix)
-    metrics = {"loss": loss, "accuracy": base.accuracy(logits, batch.labels),
-               "mix_label_weight": mix.lam,
-               "mix_point": mix.layer.astype(jax.numpy.float32)}
-    return base.StepOutput(grads, batch_stats, metrics)
+    out = base.train_pass(context, params, batch_stats, batch.images, targets,
+                          batch.labels, manifold_mix=mix)
+    return out._replace(metrics=dict(
+        out.metrics, mix_label_weight=mix.lam,
+        mix_point=mix.layer.astype(jnp.float32)))
 
   return step
 

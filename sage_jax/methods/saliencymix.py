@@ -61,12 +61,9 @@ def make_step(context: base.StepContext, method_config) -> base.StepFn:
         mix_key, batch.images, batch.labels, saliency, perm=perm,
         alpha=method_config.alpha, mix_prob=method_config.mix_prob,
         num_classes=context.num_classes)
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(
-        context.model_loss, has_aux=True)(params, batch_stats, mixed.images,
-                                          mixed.labels)
-    metrics = {"loss": loss, "accuracy": base.accuracy(logits, batch.labels),
-               "mix_label_weight": mixed.lam[0]}
-    return base.StepOutput(grads, batch_stats, metrics)
+    out = base.train_pass(context, params, batch_stats, mixed.images,
+                          mixed.labels, batch.labels)
+    return out._replace(metrics=dict(out.metrics, mix_label_weight=mixed.lam[0]))
 
   return step
 

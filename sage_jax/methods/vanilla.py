@@ -1,6 +1,4 @@
 """Vanilla training: one train-mode pass on the clean batch, one-hot targets."""
-import jax
-
 from sage_jax.methods import base
 
 
@@ -9,11 +7,8 @@ def make_step(context: base.StepContext, method_config) -> base.StepFn:
 
   def step(key, params, batch_stats, batch: base.Batch) -> base.StepOutput:
     del key  # deterministic
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(
-        context.model_loss, has_aux=True)(params, batch_stats, batch.images,
-                                          context.one_hot(batch.labels))
-    return base.StepOutput(grads, batch_stats,
-                           {"loss": loss, "accuracy": base.accuracy(logits, batch.labels)})
+    return base.train_pass(context, params, batch_stats, batch.images,
+                           context.one_hot(batch.labels), batch.labels)
 
   return step
 
