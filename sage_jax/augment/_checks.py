@@ -28,6 +28,14 @@ def describe(value: Any) -> str:
   return f"a {type(value).__name__}"
 
 
+def check_scalar_loss(name: str, loss: Any) -> None:
+  """Raises TypeError unless the loss function `name` returned a scalar loss."""
+  if jnp.shape(loss) != ():
+    raise TypeError(
+        f"`{name}` must return a scalar loss; got {describe(loss)}. Reduce it, "
+        "e.g. with `.mean()`.")
+
+
 def check_rank(name: str, x: Any, rank: int, layout: str) -> None:
   if jnp.ndim(x) != rank:
     raise ValueError(

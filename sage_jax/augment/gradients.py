@@ -79,10 +79,7 @@ def split_loss_output(output: Any, state: Any, has_aux: bool,
         f"`{name}` must return {expected} (has_aux={has_aux}); it returned "
         f"{_checks.describe(output)}. With no mutable state, return (loss, None).")
   loss, rest = output
-  if jnp.shape(loss) != ():
-    raise TypeError(
-        f"`{name}` must return a scalar loss first; got {_checks.describe(loss)}. "
-        "Reduce it, e.g. with `.mean()`.")
+  _checks.check_scalar_loss(name, loss)
   if has_aux:
     if not (isinstance(rest, (tuple, list)) and len(rest) == 2):
       raise TypeError(

@@ -18,7 +18,6 @@ from sage_jax.augment import gradients
 
 def _split_nnx_output(output: Any, has_aux: bool, name: str):
   """Returns (loss, aux) from `loss_fn`'s output, checked against `has_aux`."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   if has_aux:
     if not (isinstance(output, (tuple, list)) and len(output) == 2):
       raise TypeError(
@@ -32,10 +31,7 @@ def _split_nnx_output(output: Any, has_aux: bool, name: str):
           f"`{name}` must return the scalar loss (has_aux=False); it returned "
           f"{_checks.describe(output)}. If it returns (loss, aux), pass has_aux=True.")
     loss, aux = output, None
-  if jnp.shape(loss) != ():
-    raise TypeError(
-        f"`{name}` must return a scalar loss; got {_checks.describe(loss)}. Reduce it, "
-        "e.g. with `.mean()`.")
+  _checks.check_scalar_loss(name, loss)
   return loss, aux
 
 
