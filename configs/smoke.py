@@ -1,12 +1,12 @@
 """The paper's pipeline shrunk to a few minutes on 2 CPU cores.
 
-    tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C /tmp
     python main.py --config configs/smoke.py \
         --config.dataset.name=image_folder \
         --config.dataset.data_dir=/tmp/cifar10-jpeg
 
 A small PreActResNet (3 stages of one block, width 16), a short learning-rate
-schedule, SAGE with the CIFAR-10 settings.
+schedule, SAGE with the CIFAR-10 settings. /tmp/cifar10-jpeg is CIFAR-10 as
+an image folder (train/<class>/*, test/<class>/*).
 """
 from sage_jax import config as config_lib
 
