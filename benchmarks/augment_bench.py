@@ -10,8 +10,12 @@ Prints, at batch 128 on 32×32×3 and 64×64×3 images:
     batch and image size;
   * the exhaustive search's optimality: the share of pairs where it picked the
     brute-force best offset, on saliency maps from the input gradients of a
-    small CNN briefly trained on the real CIFAR-10 images of ../shared/data,
-    and what the paper's 1% sampled search loses against that optimum.
+    small CNN briefly trained on real CIFAR-10 images, and what the paper's 1%
+    sampled search loses against that optimum.
+
+The CIFAR-10 images come from tfds by default (downloaded when missing and
+online), or from `--image_folder ROOT` or `--archive FOLDER.tar.gz`
+(`common.add_data_flags`).
 """
 from __future__ import annotations
 
@@ -97,14 +101,16 @@ def augment_costs(size, batch, repeats):
   }
 
 
-def real_saliency(num_pairs, batch, train_steps):
-  """Saliency maps of CIFAR-10 test images from a briefly trained small CNN."""
-  root = common.extract()
-  data = input_pipeline.load_dataset("image_folder", root)
+def real_saliency(num_pairs, batch, train_steps, data_args):
+  """Saliency maps of real test images (CIFAR-10 unless the data flags name
+  another image folder) from a briefly trained small CNN."""
+  data = common.load_data(data_args)
   info = data.info
-  model = models.create_model("preactresnet8", num_classes=10, width=16)
+  num_classes = info.num_classes
+  model = models.create_model("preactresnet8", num_classes=num_classes, width=16)
   tx = optax.sgd(0.05, momentum=0.9, nesterov=True)
-  variables = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
+  variables = model.init(jax.random.key(0), jnp.zeros((2,) + tuple(info.image_shape)),
+                         train=False)
   params, stats = variables["params"], variables["batch_stats"]
   opt_state = tx.init(params)
   step, loss_fn = make_train_step(model, tx)
@@ -114,14 +120,14 @@ def real_saliency(num_pairs, batch, train_steps):
   for _, b in zip(range(train_steps), batches):
     params, stats, opt_state, loss = step(params, stats, opt_state,
                                           normalize(b["image"]),
-                                          jax.nn.one_hot(b["label"], 10))
+                                          jax.nn.one_hot(b["label"], num_classes))
   print(f"small CNN (preactresnet8 w16) trained {train_steps} steps, last loss "
         f"{float(loss):.3f}")
 
   @jax.jit
   def saliency_of(images, labels):
     grads = jax.grad(loss_fn, argnums=2, has_aux=True)(
-        params, stats, normalize(images), jax.nn.one_hot(labels, 10))[0]
+        params, stats, normalize(images), jax.nn.one_hot(labels, num_classes))[0]
     return augment.saliency_map(grads)
 
   maps = []
@@ -173,6 +179,7 @@ def main():
   parser.add_argument("--step-repeats", type=int, default=3)
   parser.add_argument("--optimality-pairs", type=int, default=4096)
   parser.add_argument("--cnn-train-steps", type=int, default=200)
+  common.add_data_flags(parser)
   args = parser.parse_args()
   print(f"jax {jax.__version__}, devices: {jax.devices()}")
 
@@ -184,7 +191,8 @@ def main():
     for name, ms in costs.items():
       print(f"{name:16s} {ms:9.2f} ms   {100 * ms / step:6.2f}% of a train step")
 
-  saliency = real_saliency(args.optimality_pairs, args.batch, args.cnn_train_steps)
+  saliency = real_saliency(args.optimality_pairs, args.batch, args.cnn_train_steps,
+                           args)
   for upper_lambda in (0.6, 1.0):
     same, fast_ratio, sampled_ratio = optimality(saliency, args.batch, upper_lambda)
     print(f"\n== optimality on {same.size} CIFAR-10 pairs, λ ~ U(0, {upper_lambda}) ==")

@@ -1,6 +1,15 @@
-"""Helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts.
+
+Data: the scripts that need real images take them from flags
+(`add_data_flags`): CIFAR-10 from tfds (the default; downloaded into the tfds
+data dir when missing and online), `--image_folder ROOT` (any
+ROOT/{train,test}/<class>/* folder), or `--archive PATH` (a .tar.gz of such a
+folder, extracted once into a temporary directory, never into the
+repository).
+"""
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -13,31 +22,102 @@ from typing import Any, NamedTuple
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_ARCHIVE = os.path.join(os.path.dirname(REPO), "shared", "data",
-                               "cifar10-jpeg.tar.gz")
-DEFAULT_EXTRACT_DIR = os.path.join(tempfile.gettempdir(), "sage_jax_cifar10")
+DEFAULT_EXTRACT_DIR = os.path.join(tempfile.gettempdir(), "sage_jax_image_folders")
 if REPO not in sys.path:  # for the sage_jax imports of the helpers below
   sys.path.insert(0, REPO)
 
 
-def extract(archive: str = DEFAULT_ARCHIVE, dest: str = DEFAULT_EXTRACT_DIR) -> str:
-  """Returns the image-folder root inside `dest`, extracting `archive` if absent.
+def _image_folder_root(folder: str) -> str | None:
+  """`folder` or its only subfolder, whichever holds train/ and test/."""
+  candidates = [folder]
+  if os.path.isdir(folder):
+    subfolders = [e.path for e in os.scandir(folder) if e.is_dir()]
+    if len(subfolders) == 1:
+      candidates.append(subfolders[0])
+  for candidate in candidates:
+    if all(os.path.isdir(os.path.join(candidate, s)) for s in ("train", "test")):
+      return candidate
+  return None
 
-  Never extracts into the repository: the default is a folder of the system's
-  temporary directory, reused across runs.
+
+def extract(archive: str, dest: str = DEFAULT_EXTRACT_DIR) -> str:
+  """The image-folder root inside a .tar(.gz) archive, extracted once.
+
+  Args:
+    archive: a tar archive holding train/<class>/* and test/<class>/*, at its
+      top or inside one top-level folder.
+    dest: parent folder; the archive goes to `dest/<archive name>/` and is
+      reused when already there. The default is in the system's temporary
+      directory, never the repository.
+
+  Returns:
+    The folder holding train/ and test/.
+
+  Raises:
+    FileNotFoundError: `archive` does not exist.
+    ValueError: the archive holds no image folder.
   """
-  root = os.path.join(dest, "cifar10-jpeg")
-  if os.path.isdir(os.path.join(root, "test")):
+  if not os.path.isfile(archive):
+    raise FileNotFoundError(f"archive {archive} does not exist; pass the path "
+                            "of a .tar.gz of an image folder.")
+  name = os.path.basename(archive)
+  for suffix in (".tar.gz", ".tgz", ".tar"):
+    if name.endswith(suffix):
+      name = name[:-len(suffix)]
+      break
+  folder = os.path.join(dest, name)
+  root = _image_folder_root(folder)
+  if root is not None:
     return root
-  if not os.path.exists(archive):
-    raise FileNotFoundError(
-        f"CIFAR-10 archive not found at {archive}; pass its path explicitly.")
-  os.makedirs(dest, exist_ok=True)
+  os.makedirs(folder, exist_ok=True)
   start = time.perf_counter()
   with tarfile.open(archive) as tar:
-    tar.extractall(dest, filter="data")
+    tar.extractall(folder, filter="data")
+  root = _image_folder_root(folder)
+  if root is None:
+    raise ValueError(f"{archive} holds no train/ and test/ folders (at its top "
+                     "or in its one top-level folder).")
   print(f"extracted {archive} -> {root} in {time.perf_counter() - start:.1f} s")
   return root
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds --image_folder, --archive, --data_dir and --extract_to to `parser`."""
+  group = parser.add_argument_group(
+      "data", "Real images: CIFAR-10 from tfds by default (downloaded into "
+      "--data_dir when missing and online), or an image folder.")
+  group.add_argument("--image_folder", default=None, metavar="ROOT",
+                     help="an image folder ROOT/{train,test}/<class>/<images>")
+  group.add_argument("--archive", default=None, metavar="PATH",
+                     help="a .tar.gz of an image folder (extracted once into "
+                          "--extract_to)")
+  group.add_argument("--data_dir", default=None,
+                     help="tfds data dir for CIFAR-10 (default: $TFDS_DATA_DIR "
+                          "or ~/tensorflow_datasets)")
+  group.add_argument("--extract_to", default=DEFAULT_EXTRACT_DIR,
+                     help="where --archive is extracted")
+
+
+def data_source(args: argparse.Namespace) -> tuple[str, str | None]:
+  """(dataset name, data_dir) for `input_pipeline.load_dataset` from the flags
+  of `add_data_flags`; extracts --archive. Raises ValueError for both
+  --image_folder and --archive."""
+  if args.image_folder and args.archive:
+    raise ValueError("pass either --image_folder or --archive, not both.")
+  if args.archive:
+    return "image_folder", extract(args.archive, args.extract_to)
+  if args.image_folder:
+    return "image_folder", args.image_folder
+  return "cifar10", args.data_dir
+
+
+def load_data(args: argparse.Namespace, num_workers: int | None = None):
+  """The `input_pipeline.InMemoryDataset` the data flags name (tfds CIFAR-10
+  is downloaded when missing and reachable)."""
+  from sage_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  name, data_dir = data_source(args)
+  return input_pipeline.load_dataset(name, data_dir, num_workers=num_workers,
+                                     download=name != "image_folder")
 
 
 # --- Train-step helpers shared by step_bench.py and scaling.py ---------------------------
@@ -147,23 +227,50 @@ class CompiledStep(NamedTuple):
   hlo: str            # text of the compiled program
   param_bytes: int
   initial_state: Any
+  memory: dict | None = None  # `compiled_memory(...)` of the compiled step
+
+
+def compiled_memory(compiled) -> dict | None:
+  """Device bytes of one execution of a compiled program, per device.
+
+  From XLA's memory analysis of the compiled program (no execution needed):
+  `argument`, `output`, `alias` (outputs that reuse argument buffers),
+  `temp` (scratch) and `generated_code` bytes, and `peak`: XLA's own peak
+  when it reports one (GPU/TPU), else argument + output - alias + temp, the
+  most the program can hold at once. None when the backend gives no analysis.
+  """
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  # Not every backend has it.
+    return None
+  if stats is None:
+    return None
+  memory = {name: int(getattr(stats, f"{name}_size_in_bytes", 0) or 0)
+            for name in ("argument", "output", "alias", "temp", "generated_code")}
+  bound = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
+  reported = int(getattr(stats, "peak_memory_in_bytes", 0) or 0)
+  memory["peak"] = reported if reported > 0 else bound
+  memory["peak_source"] = "xla" if reported > 0 else "argument+output-alias+temp"
+  return memory
 
 
 def compile_train_step(config, mesh, image_size: int = 32,
-                       initial_state=None) -> CompiledStep:
+                       initial_state=None, num_classes: int = 10) -> CompiledStep:
   """Compiles `train.create_components(config, mesh).train_step` for a global
   batch of `config.batch_size` random uint8 images (sharded over the mesh's
-  'data' axis), runs one warm-up step, and returns a timer of further steps.
+  'data' axis) with labels in [0, num_classes), runs one warm-up step, and
+  returns a timer of further steps.
 
-  `initial_state`: a previous `initial_state` for the same model and
-  optimizer (skips compiling the initialisation again).
+  `initial_state`: a previous `initial_state` for the same model, optimizer
+  and `num_classes` (skips compiling the initialisation again).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from sage_jax import train  # pylint: disable=g-import-not-at-top
 
   image_shape = (image_size, image_size, 3)
-  parts = train.create_components(config, mesh, num_classes=10, mean=(0.5,) * 3,
-                                  std=(0.25,) * 3, steps_per_epoch=500)
+  parts = train.create_components(config, mesh, num_classes=num_classes,
+                                  mean=(0.5,) * 3, std=(0.25,) * 3,
+                                  steps_per_epoch=500)
   if initial_state is None:
     initial_state = jax.device_get(jax.jit(
         lambda: train.init_state(config, parts.model, parts.tx, image_shape))())
@@ -172,8 +279,8 @@ def compile_train_step(config, mesh, image_size: int = 32,
   images = jax.device_put(
       rng.integers(0, 256, (config.batch_size,) + image_shape, dtype=np.uint8),
       sharding)
-  labels = jax.device_put(rng.integers(0, 10, config.batch_size).astype(np.int32),
-                          sharding)
+  labels = jax.device_put(
+      rng.integers(0, num_classes, config.batch_size).astype(np.int32), sharding)
   carry = [train.to_device_state(initial_state, mesh)]
   step = parts.train_step.lower(carry[0], images, labels).compile()
 
@@ -185,13 +292,14 @@ def compile_train_step(config, mesh, image_size: int = 32,
 
   run_once()  # warm-up
   return CompiledStep(run_once, step.as_text(), tree_bytes(initial_state.params),
-                      initial_state)
+                      initial_state, compiled_memory(step))
 
 
 def run_train_step(config, mesh, steps: int, image_size: int = 32,
-                   initial_state=None) -> StepRun:
+                   initial_state=None, num_classes: int = 10) -> StepRun:
   """Median time of `steps` steps of `compile_train_step(config, ...)`."""
-  compiled = compile_train_step(config, mesh, image_size, initial_state)
+  compiled = compile_train_step(config, mesh, image_size, initial_state,
+                                num_classes=num_classes)
   times = [compiled.run_once() for _ in range(steps)]
   return StepRun(float(np.median(times)), compiled.hlo, compiled.param_bytes,
                  compiled.initial_state)

@@ -1,13 +1,13 @@
-"""Input pipeline benchmark on the shared CIFAR-10 JPEGs.
+"""Input pipeline benchmark: loading a dataset, then batch throughput.
 
-Extracts ``cifar10-jpeg.tar.gz`` into a temporary folder (``common.extract``:
-reused when already there; never inside the repository), times
-``load_dataset('image_folder', ...)`` (decoding 60,000 JPEGs), then measures training-batch throughput for one epoch
-at the given global batch sizes, and eval-batch throughput.
+Times ``load_dataset`` (tfds CIFAR-10 by default, downloaded when missing and
+online; or an image folder, e.g. decoding 60,000 CIFAR-10 JPEGs), then
+measures training-batch throughput for one epoch at the given global batch
+sizes, and eval-batch throughput.
 
-    python benchmarks/input_bench.py
-    python benchmarks/input_bench.py --archive PATH --extract-to /tmp/sage_jax_cifar10 \
-        --batch-sizes 128 100 --num-workers 0
+    python benchmarks/input_bench.py                        # tfds CIFAR-10
+    python benchmarks/input_bench.py --image_folder ROOT --batch-sizes 128 100
+    python benchmarks/input_bench.py --archive FOLDER.tar.gz --num-workers 0
 """
 from __future__ import annotations
 
@@ -42,21 +42,23 @@ def time_eval(ds: ip.InMemoryDataset, global_batch_size: int) -> float:
   return count / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--archive", default=common.DEFAULT_ARCHIVE)
-  parser.add_argument("--extract-to", default=common.DEFAULT_EXTRACT_DIR)
+  common.add_data_flags(parser)
   parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 100])
   parser.add_argument("--num-workers", type=int, default=None,
-                      help="decode processes (default: automatic)")
-  args = parser.parse_args()
+                      help="image-folder decode processes (default: automatic)")
+  args = parser.parse_args(argv)
 
-  root = common.extract(args.archive, args.extract_to)
+  name, data_dir = common.data_source(args)
+  if name != "image_folder":  # Download first, so that only loading is timed.
+    from sage_jax import datasets  # pylint: disable=g-import-not-at-top
+    datasets.ensure_tfds(name, data_dir)
   start = time.perf_counter()
-  ds = ip.load_dataset("image_folder", root, num_workers=args.num_workers)
+  ds = ip.load_dataset(name, data_dir, num_workers=args.num_workers)
   decode_s = time.perf_counter() - start
   n = ds.info.num_train + ds.info.num_test
-  print(f"load_dataset('image_folder'): {n} images in {decode_s:.2f} s "
+  print(f"load_dataset({name!r}): {n} images in {decode_s:.2f} s "
         f"({n / decode_s:,.0f} images/s), cpus={ip._cpu_count()}, "  # pylint: disable=protected-access
         f"num_workers={args.num_workers}")
   print(f"  info: {ds.info}")

@@ -1,9 +1,14 @@
 """CIFAR-10, PreActResNet18, SAGE: the paper's run with the released code's settings.
 
-    python main.py --config configs/cifar10.py --config.dataset.data_dir=DIR
+    python main.py --config configs/cifar10.py [--config.dataset.data_dir=DIR]
 
-Every field is documented in sage_jax/config.py and the README; override any
-of them on the command line as --config.<field>=<value>.
+CIFAR-10 comes from tfds: from DIR (default $TFDS_DATA_DIR or
+~/tensorflow_datasets), downloaded there when missing and online
+(--config.dataset.download=False forbids it). Any image folder works instead:
+--config.dataset.name=image_folder --config.dataset.data_dir=ROOT. Every field
+is documented in sage_jax/config.py and the README, and the source of each
+number in docs/method.md; override any of them on the command line as
+--config.<field>=<value>.
 """
 from sage_jax import config as config_lib
 

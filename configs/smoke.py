@@ -1,12 +1,15 @@
-"""The paper's pipeline shrunk to a few minutes on 2 CPU cores.
+"""The paper's pipeline shrunk to a few minutes on a CPU.
 
+    python main.py --config configs/smoke.py
     python main.py --config configs/smoke.py \
-        --config.dataset.name=image_folder \
-        --config.dataset.data_dir=/tmp/cifar10-jpeg
+        --config.dataset.name=image_folder --config.dataset.data_dir=ROOT
 
-A small PreActResNet (3 stages of one block, width 16), a short learning-rate
-schedule, SAGE with the CIFAR-10 settings. /tmp/cifar10-jpeg is CIFAR-10 as
-an image folder (train/<class>/*, test/<class>/*).
+A small PreActResNet (3 stages of one block, width 16), batch 128, 3 epochs
+with the learning rate 0.1 divided by 10 after epoch 2, SAGE with the
+CIFAR-10 settings. The data is CIFAR-10 from tfds (downloaded into the tfds
+data dir on first use when online), or any image folder ROOT with
+ROOT/train/<class>/* and ROOT/test/<class>/* (`python -m sage_jax.datasets
+subset` writes a small one). Not a paper setting: see docs/method.md.
 """
 from sage_jax import config as config_lib
 

@@ -1,21 +1,43 @@
-"""Command-line parsing shared by `main.py` and `python -m sage_jax.compare`.
+"""The training program's command line, and the flag parsing it shares.
 
-    app.run(main, flags_parser=cli.parse_flags)
+    sage-jax-train --config configs/cifar10.py [--workdir DIR] [--config.field=value ...]
+    python main.py ...                        # the same program
 
-parses the flags as absl's default does, except that a `--config.<field>`
+`run()` is the program (the `sage-jax-train` console script and `main.py`
+both call it): it parses the flags, logs the JAX backend and devices (with a
+warning when an NVIDIA GPU is present but JAX runs on the CPU), makes sure the
+dataset is there (downloading tfds datasets when possible, failing within
+seconds with instructions when not; `sage_jax.datasets`), then trains or
+evaluates.
+
+`parse_flags` is absl's flag parsing, except that a `--config.<field>`
 override naming no field of the configuration (e.g. the typo
 `--config.sage.upper_lamda=0.5`) stops the program with one line naming the
 field and its closest matches, where ml_collections raises a chain of
-tracebacks.
+tracebacks. `python -m sage_jax.compare` uses it too:
+
+    app.run(main, flags_parser=cli.parse_flags)
 """
 import difflib
+import os
 import re
+import shutil
+import subprocess
 import sys
 from typing import Optional, Sequence
 
-from absl import app
-from absl import flags
-import ml_collections
+try:
+  from absl import app
+  from absl import flags
+  from absl import logging
+  import ml_collections
+  from ml_collections import config_flags
+except ModuleNotFoundError as _error:  # A core-only install.
+  raise ModuleNotFoundError(
+      f"{_error.name} is not installed: the training program needs the "
+      "package's train extra: pip install \"sage_jax[train]\" (from a clone: "
+      "pip install -e \".[train]\").", name=_error.name) from _error
+
 
 def _config_path(argv: Sequence[str], name: str) -> Optional[str]:
   """The value of `--<name>=PATH` or `--<name> PATH` in `argv`, if any."""
@@ -108,3 +130,167 @@ def parse_flags(argv: Sequence[str], name: str = "config") -> list:
       message = str(error).strip("'\"").splitlines()[0]
     sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
     sys.exit(1)
+
+
+# --- The training program -----------------------------------------------------
+
+
+def default_workdir(config_path: str) -> str:
+  """./workdir/<config file stem>[_<argument>] for `configs/x.py[:arg]`."""
+  path, _, argument = config_path.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdir", f"{name}_{argument}" if argument else name)
+
+
+def nvidia_gpu_present() -> bool:
+  """Whether this machine has an NVIDIA GPU: /dev/nvidia0, or `nvidia-smi -L`
+  listing one (10 s at most; any failure counts as no GPU)."""
+  if os.path.exists("/dev/nvidia0"):
+    return True
+  executable = shutil.which("nvidia-smi")
+  if executable is None:
+    return False
+  try:
+    listing = subprocess.run([executable, "-L"], capture_output=True, text=True,
+                             timeout=10, check=False)
+  except (OSError, subprocess.SubprocessError):
+    return False
+  return listing.returncode == 0 and "GPU" in listing.stdout
+
+
+def gpu_install_command(jax_version: str) -> str:
+  """The pip command that adds CUDA support to jax `jax_version`."""
+  return f'pip install "jax[cuda12]=={jax_version}"'
+
+
+def accelerator_warning(backend: str, gpu_present: bool, jax_version: str,
+                        jax_platforms: str = "") -> Optional[str]:
+  """The warning for an NVIDIA GPU that JAX does not use, or None.
+
+  Args:
+    backend: `jax.default_backend()`, e.g. "cpu", "gpu", "tpu".
+    gpu_present: `nvidia_gpu_present()`.
+    jax_version: `jax.__version__`, for the install command.
+    jax_platforms: the JAX_PLATFORMS environment variable: a CPU run the
+      user asked for ("cpu") is not warned about.
+
+  Returns:
+    One line naming the command that installs the CUDA build, or None when
+    there is nothing to fix.
+  """
+  if backend != "cpu" or not gpu_present:
+    return None
+  if jax_platforms.strip().lower() == "cpu":
+    return None
+  return (f"An NVIDIA GPU is present but JAX {jax_version} runs on the CPU "
+          "(its CPU-only build is installed). Install the CUDA build with: "
+          f"{gpu_install_command(jax_version)} (from a clone: pip install -e "
+          "\".[train,cuda12]\"; CUDA 13 drivers: cuda13), then check with "
+          "python -c \"import jax; print(jax.devices())\".")
+
+
+def log_runtime(jax_module=None) -> Optional[str]:
+  """Logs JAX's version, backend and devices; warns about an unused GPU.
+
+  Args:
+    jax_module: the imported `jax` (default: imports it).
+
+  Returns:
+    The warning that was logged, or None.
+  """
+  if jax_module is None:
+    import jax as jax_module  # pylint: disable=g-import-not-at-top
+  devices = jax_module.devices()
+  backend = jax_module.default_backend()
+  kinds = sorted({d.device_kind for d in devices})
+  logging.info("JAX %s, backend %s: %d device(s) (%s) over %d process(es); "
+               "this is process %d with %d local device(s): %s",
+               jax_module.__version__, backend, len(devices), ", ".join(kinds),
+               jax_module.process_count(), jax_module.process_index(),
+               jax_module.local_device_count(), jax_module.local_devices())
+  warning = accelerator_warning(backend, backend == "cpu" and nvidia_gpu_present(),
+                                jax_module.__version__,
+                                os.environ.get("JAX_PLATFORMS", ""))
+  if warning:
+    logging.warning("%s", warning)
+  return warning
+
+
+_TRAIN_FLAGS = {}
+
+
+def define_train_flags() -> dict:
+  """Defines the training program's flags once; returns them by name."""
+  if _TRAIN_FLAGS:
+    return _TRAIN_FLAGS
+  _TRAIN_FLAGS["config"] = config_flags.DEFINE_config_file(
+      "config", None, "Training configuration file (e.g. the repository's "
+      "configs/cifar10.py, or your own).", lock_config=True)
+  _TRAIN_FLAGS["workdir"] = flags.DEFINE_string(
+      "workdir", None,
+      "Directory for checkpoints and metrics; default ./workdir/<config name>.")
+  _TRAIN_FLAGS["mode"] = flags.DEFINE_enum(
+      "mode", "train", ["train", "eval"],
+      "train: train (resuming from --workdir); eval: evaluate the latest "
+      "checkpoint in --workdir and write eval.json and eval.md there.")
+  _TRAIN_FLAGS["corrupted_dir"] = flags.DEFINE_string(
+      "corrupted_dir", None,
+      "--mode=eval only: folder of the released CIFAR-10-C/CIFAR-100-C files "
+      "(labels.npy and <corruption>.npy, 5 severities each). Without it, "
+      "dataset.name=cifar10 runs use tfds's cifar10_corrupted (downloaded "
+      "when possible).")
+  flags.mark_flags_as_required(["config"])
+  return _TRAIN_FLAGS
+
+
+def train_main(argv: Sequence[str]) -> None:
+  """The program after flag parsing (`app.run`'s main)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  train_flags = define_train_flags()
+  mode, corrupted_dir = train_flags["mode"].value, train_flags["corrupted_dir"].value
+  if corrupted_dir and mode != "eval":
+    raise app.UsageError("--corrupted_dir is only used with --mode=eval.")
+  config = train_flags["config"].value
+  # Imported here so that --help works without initialising JAX.
+  import jax  # pylint: disable=g-import-not-at-top
+  from sage_jax import datasets  # pylint: disable=g-import-not-at-top
+  if config.multi_host:
+    jax.distributed.initialize()
+  log_runtime(jax)
+  workdir = (train_flags["workdir"].value
+             or default_workdir(flags.FLAGS["config"].config_filename))
+  logging.info("workdir %s", workdir)
+  try:
+    warnings = datasets.prepare_for_run(
+        config, evaluate_corruptions=mode == "eval" and not corrupted_dir)
+  except datasets.DatasetUnavailableError as error:
+    sys.stderr.write(f"ERROR: {error}\n")
+    sys.exit(1)
+  for warning in warnings:
+    logging.warning("%s", warning)
+  if mode == "eval":
+    from sage_jax import evaluate  # pylint: disable=g-import-not-at-top
+    results = evaluate.evaluate_workdir(config, workdir, corrupted_dir=corrupted_dir)
+    if jax.process_index() == 0:
+      print(evaluate.to_markdown(results))
+      print(f"Wrote {os.path.join(workdir, 'eval.json')} and eval.md "
+            f"({results['seconds']:.0f} s).")
+  else:
+    from sage_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, workdir)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> None:
+  """The training program: `sage-jax-train` and `python main.py`.
+
+  Args:
+    argv: the command line, program name first (default: sys.argv).
+  """
+  argv = list(sys.argv if argv is None else argv)
+  for flag in define_train_flags().values():
+    # --help lists the flags of the program's main module (absl keys it by
+    # its argv[0]): main.py or the console script, not this module.
+    for program in {argv[0], sys.argv[0]}:
+      flags.FLAGS.register_key_flag_for_module(program, flags.FLAGS[flag.name])
+  app.run(train_main, argv=argv, flags_parser=parse_flags)

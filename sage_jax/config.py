@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "cifar10"     # cifar10 | cifar100 | image_folder
   config.dataset.data_dir = ""        # "" = tfds's default data directory
+  config.dataset.download = True      # tfds: download a missing dataset if online
 
   config.batch_size = 100             # global, split over all devices
   config.eval_batch_size = 500        # global; the last test batch is padded
@@ -93,6 +94,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       "must be an int >= 0 (0 = the architecture's default)"),
       "dataset.name": one_of(input_pipeline.DATASET_NAMES),
       "dataset.data_dir": (lambda v: isinstance(v, str), "must be a string"),
+      "dataset.download": boolean,
       "batch_size": positive_int,
       "eval_batch_size": positive_int,
       "num_epochs": positive_int,

@@ -369,8 +369,9 @@ def _missing_cifar10_c_message(data_dir: str | None) -> str:
       "or put CIFAR-10-C.tar (https://zenodo.org/record/2535967) into "
       "DIR/downloads/manual/ and run that command here; or extract "
       "CIFAR-10-C.tar and pass --corrupted_dir=<its folder of .npy files>. "
-      f"tfds dataset {CIFAR10_C_TFDS_NAME!r} is not prepared in {where}, and "
-      "this program never downloads.")
+      f"tfds dataset {CIFAR10_C_TFDS_NAME!r} is not prepared in {where} "
+      "(main.py downloads it when the download host is reachable and "
+      "dataset.download is True).")
 
 
 def _tfds_corrupted_sets(data_dir: str | None) -> tuple[list, Callable]:

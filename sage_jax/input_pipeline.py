@@ -23,10 +23,12 @@ Batches stay uint8 (4x less host-to-device traffic than float32);
 
 Datasets (:data:`DATASET_NAMES`):
 
-* ``cifar10`` / ``cifar100``: read with tensorflow-datasets from a prepared
-  ``data_dir``. Nothing is ever downloaded: a missing dataset raises
-  :class:`FileNotFoundError` within seconds, explaining how to prepare it
-  offline.
+* ``cifar10`` / ``cifar100``: read with tensorflow-datasets from the tfds
+  ``data_dir``. With ``download=False`` (the default here) nothing is
+  downloaded and a missing dataset raises :class:`FileNotFoundError` within
+  seconds, explaining how to prepare it; ``download=True`` first runs
+  :func:`sage_jax.datasets.ensure_tfds` (downloads when the host answers;
+  ``main.py`` does this).
 * ``image_folder``: ``data_dir/{train,test}/<class>/<image files>``, decoded
   with PIL. Classes are the sorted subfolder names of ``train/``.
 """
@@ -59,13 +61,6 @@ CIFAR100_STD = (68.2 / 255, 65.4 / 255, 70.4 / 255)
 _TFDS_STATS = {
     "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-}
-# Archive that tfds's cifar builders download (see the builders'
-# url_checksums); placing it in <data_dir>/downloads/manual/ lets
-# `download_and_prepare()` run without a network.
-_TFDS_ARCHIVES = {
-    "cifar10": "cifar-10-binary.tar.gz",
-    "cifar100": "cifar-100-binary.tar.gz",
 }
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm",
@@ -132,7 +127,8 @@ class InMemoryDataset:
 
 
 def load_dataset(name: str, data_dir: str | None, *,
-                 num_workers: int | None = None) -> InMemoryDataset:
+                 num_workers: int | None = None,
+                 download: bool = False) -> InMemoryDataset:
   """Decodes a whole dataset into memory.
 
   Args:
@@ -143,6 +139,10 @@ def load_dataset(name: str, data_dir: str | None, *,
     num_workers: ``image_folder`` only: decoding processes; None picks one per
       CPU (at most 16) for large folders on hosts with >= 4 CPUs, else 0;
       0 or 1 decodes in this process.
+    download: ``cifar10``/``cifar100`` only: True downloads and prepares a
+      missing dataset when its host is reachable
+      (:func:`sage_jax.datasets.ensure_tfds`); False never touches the
+      network.
 
   Returns:
     An :class:`InMemoryDataset` (uint8 images, int32 labels).
@@ -150,9 +150,13 @@ def load_dataset(name: str, data_dir: str | None, *,
   Raises:
     ValueError: unknown ``name``; ``data_dir`` missing for ``image_folder``;
       malformed image folder (class sets differ, mixed image sizes, ...).
-    FileNotFoundError: the dataset is not present under ``data_dir``.
+    FileNotFoundError: the dataset is not present under ``data_dir`` (and
+      could not be downloaded).
   """
   if name in _TFDS_STATS:
+    if download:
+      from sage_jax import datasets  # pylint: disable=g-import-not-at-top
+      datasets.ensure_tfds(name, data_dir, download=True)
     return _load_tfds(name, data_dir)
   if name == "image_folder":
     if data_dir is None:
@@ -162,24 +166,14 @@ def load_dataset(name: str, data_dir: str | None, *,
   raise ValueError(f"name must be one of {DATASET_NAMES}, got {name!r}.")
 
 
-def _missing_tfds_message(name: str, data_dir: str | None) -> str:
-  where = data_dir if data_dir else ("the tfds default data dir "
-                                     "($TFDS_DATA_DIR or ~/tensorflow_datasets)")
-  shown_dir = data_dir if data_dir else "DIR"
-  return (
-      f"Dataset {name!r} is not prepared in {where}, and this pipeline never "
-      "downloads (download=False). Prepare it offline in one of these ways:\n"
-      f"  1. On a machine with internet run `tfds build {name} --data_dir DIR` "
-      "(or `python -c \"import tensorflow_datasets as tfds; "
-      f"tfds.builder('{name}', data_dir='DIR').download_and_prepare()\"`) "
-      f"and copy DIR to {shown_dir}.\n"
-      f"  2. Put the original archive {_TFDS_ARCHIVES[name]} (from "
-      "https://www.cs.toronto.edu/~kriz/cifar.html) into "
-      f"{shown_dir}/downloads/manual/ and run the download_and_prepare() "
-      "command above here; tfds then uses the local archive.\n"
-      "  3. Extract the images into train/<class>/*.png and "
-      "test/<class>/*.png and use dataset.name=image_folder with "
-      "data_dir pointing at that root.")
+def _missing_tfds_message(name: str, data_dir: str | None, builder) -> str:
+  from sage_jax import datasets  # pylint: disable=g-import-not-at-top
+  root = str(getattr(builder, "data_dir_root", None) or data_dir
+             or "the tfds default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  return datasets.missing_message(
+      name, root, "load_dataset(download=False) never downloads; main.py and "
+      "load_dataset(..., download=True) do when the host is reachable",
+      looked_in=str(getattr(builder, "data_dir", "") or "") or None)
 
 
 def _disable_tfds_network(tfds) -> None:
@@ -209,7 +203,7 @@ def _load_tfds(name: str, data_dir: str | None) -> InMemoryDataset:
     try:
       ds = builder.as_dataset(split=split, shuffle_files=False)
     except AssertionError as e:  # tfds raises AssertionError when unprepared.
-      raise FileNotFoundError(_missing_tfds_message(name, data_dir)) from e
+      raise FileNotFoundError(_missing_tfds_message(name, data_dir, builder)) from e
     arrays[split] = _tf_dataset_to_numpy(tfds, ds)
 
   label_feature = builder.info.features["label"]

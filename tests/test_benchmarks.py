@@ -146,3 +146,100 @@ def test_step_bench_end_to_end_times_every_method():
   assert "| manifold_mixup |" in out and "| saliencymix |" in out
   assert re.search(r"collectives in the compiled 8-device step: vanilla=\d+ "
                    r"sage_sampled=\d+", out), out
+
+
+# --- Data flags: the scripts take their images from flags, never a fixed path --
+
+import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tarfile  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def write_image_folder(root, classes=("cat", "dog"), per_split=(3, 2), size=4):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for split, count in zip(("train", "test"), per_split):
+    for label, name in enumerate(classes):
+      (root / split / name).mkdir(parents=True)
+      for i in range(count):
+        pixels = np.full((size, size, 3), 40 * label + i, np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def data_args(*argv):
+  parser = argparse.ArgumentParser()
+  common.add_data_flags(parser)
+  return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_extract_finds_the_image_folder_and_reuses_it(tmp_path, nested):
+  folder = tmp_path / "src" / ("images" if nested else "")
+  write_image_folder(folder)
+  archive = tmp_path / "my-folder.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    if nested:
+      tar.add(folder, arcname="images")
+    else:
+      for split in ("train", "test"):
+        tar.add(folder / split, arcname=split)
+  root = common.extract(str(archive), str(tmp_path / "extract"))
+  expected = tmp_path / "extract" / "my-folder" / ("images" if nested else "")
+  assert pathlib.Path(root) == expected
+  assert sorted(os.listdir(pathlib.Path(root) / "train")) == ["cat", "dog"]
+  (pathlib.Path(root) / "marker").write_text("kept")
+  assert common.extract(str(archive), str(tmp_path / "extract")) == root
+  assert (pathlib.Path(root) / "marker").exists()  # not extracted again
+
+
+def test_extract_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    common.extract(str(tmp_path / "missing.tar.gz"), str(tmp_path / "x"))
+  empty = tmp_path / "empty.tar.gz"
+  with tarfile.open(empty, "w:gz") as tar:
+    (tmp_path / "note.txt").write_text("x")
+    tar.add(tmp_path / "note.txt", arcname="note.txt")
+  with pytest.raises(ValueError, match="no train/ and test/"):
+    common.extract(str(empty), str(tmp_path / "x"))
+
+
+def test_data_source_from_flags(tmp_path):
+  assert common.data_source(data_args()) == ("cifar10", None)
+  assert common.data_source(data_args("--data_dir", "/tfds")) == ("cifar10", "/tfds")
+  assert common.data_source(data_args("--image_folder", "/r")) == ("image_folder", "/r")
+  with pytest.raises(ValueError, match="either --image_folder or --archive"):
+    common.data_source(data_args("--image_folder", "/r", "--archive", "/a.tgz"))
+  assert not hasattr(common, "DEFAULT_ARCHIVE")
+
+
+def test_input_bench_runs_on_an_image_folder(tmp_path, capsys):
+  import input_bench  # pylint: disable=g-import-not-at-top
+  write_image_folder(tmp_path / "folder")
+  input_bench.main(["--image_folder", str(tmp_path / "folder"), "--batch-sizes", "2"])
+  out = capsys.readouterr().out
+  assert "load_dataset('image_folder'): 10 images" in out
+  assert "train_batches global_batch=2:" in out and "(one epoch, 3 steps)" in out
+
+
+def test_augment_bench_takes_the_data_flags():
+  source = (BENCHMARKS / "augment_bench.py").read_text()
+  assert "common.add_data_flags(parser)" in source
+  assert "common.load_data(data_args)" in source
+
+
+def test_compiled_memory_of_a_jitted_function():
+  jax = pytest.importorskip("jax")
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  compiled = jax.jit(lambda x, y: (x @ y).sum(axis=0)).lower(
+      jnp.zeros((64, 32), jnp.float32), jnp.zeros((32, 16), jnp.float32)).compile()
+  memory = common.compiled_memory(compiled)
+  assert memory["argument"] == 4 * (64 * 32 + 32 * 16)
+  assert memory["output"] == 4 * 16
+  assert memory["peak"] >= memory["output"] > 0
+  assert memory["peak_source"] in ("xla", "argument+output-alias+temp")
+
+  class NoAnalysis:
+    def memory_analysis(self):
+      raise NotImplementedError
+
+  assert common.compiled_memory(NoAnalysis()) is None

@@ -71,7 +71,9 @@ def test_missing_tfds_data_fails_fast_with_instructions(tmp_path):
   assert proc.returncode != 0
   assert "FileNotFoundError" in proc.stderr, proc.stderr[-3000:]
   for hint in ("tfds build cifar10", "download_and_prepare",
-               "cifar-10-binary.tar.gz", "image_folder", str(tmp_path)):
+               "cifar-10-binary.tar.gz", "image_folder", str(tmp_path),
+               os.path.join(str(tmp_path), "cifar10", "3.0.2"),
+               "load_dataset(download=False) never downloads"):
     assert hint in proc.stderr, hint
   # Includes importing TensorFlow; the lookup itself takes milliseconds.
   assert elapsed < 45, elapsed

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 import venv
 import zipfile
@@ -105,8 +106,14 @@ def link_distribution(dist, site_packages: pathlib.Path) -> None:
       target.symlink_to(pathlib.Path(dist.locate_file(top)).resolve())
 
 
-def test_core_installs_alone_and_runs_the_readme_example(tmp_path):
-  # A copy of the sources, so that the build leaves nothing in the work tree.
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> pathlib.Path:
+  """The package's wheel, built offline from a copy of the sources (so that
+  the build leaves nothing in the work tree)."""
+  tmp_path = tmp_path_factory.mktemp("build")
   src = tmp_path / "src"
   src.mkdir()
   for name in ("pyproject.toml", "README.md"):
@@ -114,17 +121,24 @@ def test_core_installs_alone_and_runs_the_readme_example(tmp_path):
   shutil.copytree(ROOT / "sage_jax", src / "sage_jax",
                   ignore=shutil.ignore_patterns("__pycache__"))
   wheels = tmp_path / "wheels"
-  pip = [sys.executable, "-m", "pip", "--disable-pip-version-check",
-         "--no-input"]
-  subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation",
+  subprocess.run(PIP + ["wheel", "--no-deps", "--no-build-isolation",
                         "--no-index", "-q", "-w", str(wheels), str(src)],
                  check=True, capture_output=True, env=clean_env())
-  (wheel,) = wheels.glob("sage_jax-*.whl")
+  (built,) = wheels.glob("sage_jax-*.whl")
+  return built
+
+
+def wheel_metadata(wheel_path, suffix: str) -> str:
+  with zipfile.ZipFile(wheel_path) as archive:
+    return next(archive.read(n).decode() for n in archive.namelist()
+                if n.endswith(".dist-info/" + suffix))
+
+
+def test_core_installs_alone_and_runs_the_readme_example(wheel, tmp_path):
+  pip = PIP
 
   # The built metadata: core = jax + numpy; the rest only under `train`.
-  with zipfile.ZipFile(wheel) as archive:
-    metadata = next(archive.read(n).decode() for n in archive.namelist()
-                    if n.endswith(".dist-info/METADATA"))
+  metadata = wheel_metadata(wheel, "METADATA")
   requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines()
               if line.startswith("Requires-Dist:")]
   core = [r for r in requires if "extra ==" not in r]
@@ -230,6 +244,106 @@ def test_requirements_pins_satisfy_pyproject():
     name = canonical(req.name)
     assert name in pins, f"{name} is not pinned in requirements.txt"
     assert req.specifier.contains(pins[name]), (text, pins[name])
+
+
+def package_version() -> str:
+  """`__version__` of sage_jax/__init__.py, read without importing."""
+  tree = ast.parse((ROOT / "sage_jax" / "__init__.py").read_text())
+  (value,) = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
+              and [t.id for t in node.targets] == ["__version__"]]
+  return value
+
+
+def test_version_is_written_once():
+  pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+  assert "version" not in pyproject["project"]
+  assert "version" in pyproject["project"]["dynamic"]
+  assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
+      "attr": "sage_jax.__version__"}
+  import sage_jax  # pylint: disable=g-import-not-at-top
+  assert sage_jax.__version__ == package_version()
+  assert re.fullmatch(r"\d+\.\d+\.\d+", package_version())
+
+
+def test_wheel_has_the_version_and_the_console_script(wheel):
+  assert f"Version: {package_version()}" in wheel_metadata(wheel, "METADATA").splitlines()
+  assert wheel.name.startswith(f"sage_jax-{package_version()}-")
+  scripts = wheel_metadata(wheel, "entry_points.txt")
+  assert "sage-jax-train = sage_jax.cli:run" in scripts
+
+
+def requirements_pins() -> dict:
+  pins = {}
+  for line in (ROOT / "requirements.txt").read_text().splitlines():
+    line = line.split("#")[0].strip()
+    if line:
+      req = Requirement(line)
+      pins[canonical(req.name)] = next(iter(req.specifier)).version
+  return pins
+
+
+@pytest.mark.parametrize("extra,jax_extra", [("cuda12", "cuda12"),
+                                             ("cuda13", "cuda13"), ("tpu", "tpu")])
+def test_accelerator_extras_pin_the_jax_of_requirements(extra, jax_extra):
+  (requirement,) = [Requirement(r) for r in project()["optional-dependencies"][extra]]
+  assert canonical(requirement.name) == "jax"
+  assert requirement.extras == {jax_extra}
+  assert str(requirement.specifier) == f"=={requirements_pins()['jax']}"
+  # jax's own metadata has that extra (so pip resolves its plugin).
+  jax_requires = importlib.metadata.distribution("jax").requires or []
+  assert any(f'extra == "{jax_extra}"' in r for r in jax_requires), jax_extra
+
+
+def test_readme_install_commands_name_existing_extras():
+  extras = set(project()["optional-dependencies"])
+  named = re.findall(r'pip install (?:-e )?"\.\[([a-z0-9,]+)\]"', README.read_text())
+  assert named, "the README shows no pip install \".[...]\" command"
+  for group in named:
+    assert set(group.split(",")) <= extras, group
+  assert {"train", "train,cuda12", "train,cuda13", "train,tpu"} <= set(named)
+
+
+def test_installed_console_script_runs_from_another_directory(wheel, tmp_path):
+  # A fresh environment that sees the installed training dependencies but
+  # gets sage_jax only from the wheel (as `pip install ".[train]"` from a
+  # clean clone would), then the console script, run from elsewhere.
+  env_dir = tmp_path / "venv"
+  venv.EnvBuilder(with_pip=False, system_site_packages=True).create(env_dir)
+  python = env_dir / "bin" / "python"
+  subprocess.run(PIP + ["--python", str(python), "install", "--no-deps",
+                        "--no-index", "-q", str(wheel)],
+                 check=True, capture_output=True, env=clean_env())
+  script = env_dir / "bin" / "sage-jax-train"
+  assert script.exists()
+  work = tmp_path / "elsewhere"
+  work.mkdir()
+  env = dict(clean_env(), TFDS_DATA_DIR=str(tmp_path / "tfds"),
+             TF_CPP_MIN_LOG_LEVEL="2")
+  where = subprocess.run([python, "-c", "import sage_jax; print(sage_jax.__file__)"],
+                         cwd=work, env=env, capture_output=True, text=True, check=True)
+  assert where.stdout.startswith(str(env_dir)), where.stdout
+
+  help_run = subprocess.run([script, "--help"], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=120)
+  assert "  --config:" in help_run.stdout and "  --workdir:" in help_run.stdout
+
+  # Offline: a config that forbids downloads stops within seconds with the
+  # instructions, and writes nothing where it was run.
+  config_file = tmp_path / "offline.py"
+  config_file.write_text(
+      "from sage_jax import config as config_lib\n\n\n"
+      "def get_config():\n"
+      "  config = config_lib.base_config()\n"
+      "  config.dataset.download = False\n"
+      "  return config\n")
+  start = time.monotonic()
+  run = subprocess.run([script, f"--config={config_file}"], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert time.monotonic() - start < 30
+  assert "tfds dataset 'cifar10' is not prepared" in run.stderr
+  assert "--config.dataset.download=False" in run.stderr
+  assert os.listdir(work) == []
 
 
 if not hasattr(os, "symlink"):  # pragma: no cover
