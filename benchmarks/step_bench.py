@@ -12,7 +12,9 @@ and images/s with the projected hours for 300 CIFAR-10 epochs. Then, in a subpro
 host) devices, the number of cross-device collectives in the compiled SAGE
 step and the vanilla step (SAGE must add none). It also times SaliencyMix's
 device saliency (`augment.fine_grained_saliency`) of the whole batch and of
-the one image a step needs, as a share of the vanilla step.
+the one image a step needs, and Puzzle Mix's mixing (mask energy, solver and
+transport) of the whole batch at each block count n, as shares of the vanilla
+step.
 
 With --table the batch defaults to the paper's 100 and it also prints (and
 with --table_out writes) this machine's analogue of Table 3 of the paper's
@@ -53,6 +55,17 @@ def _bench_methods() -> tuple:
 
 
 METHODS = _bench_methods()
+PUZZLE_BLOCK_NUMS = (2, 4, 8, 16)
+
+
+def size_overrides(size: int) -> dict:
+  """Config overrides that make every method run on size×size images.
+
+  Puzzle Mix's block counts must divide the image side; small test images
+  keep the counts that do.
+  """
+  return {"puzzle_mix.block_nums": tuple(
+      n for n in PUZZLE_BLOCK_NUMS if size % n == 0)}
 COLLECTIVE_OPS = ("all-reduce(", "all-reduce-start(", "all-gather(",
                   "all-gather-start(", "all-to-all(", "collective-permute(",
                   "collective-permute-start(", "reduce-scatter(")
@@ -66,6 +79,7 @@ PAPER_T4_HOURS = {("sage sampled" if name == "sage" else name): hours
 
 
 def make_config(method: str, overrides: dict, args):
+  overrides = dict(size_overrides(args.image_size), **overrides)
   return common.make_config(method, overrides, model=args.model,
                             width=args.width, batch=args.batch)
 
@@ -136,11 +150,40 @@ def saliency_seconds(batch: int, size: int, repeats: int) -> dict:
   return result
 
 
+def puzzle_mix_seconds(batch: int, size: int, repeats: int) -> dict:
+  """Median seconds of Puzzle Mix's mixing (energy, solver, transport) per n.
+
+  The jitted `augment.puzzle_mix` of a whole batch at each fixed block count
+  n, on random images and saliency: everything the method adds to its two
+  passes except the saliency pass itself.
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  from sage_jax import augment  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = jax.device_put(rng.standard_normal((batch, size, size, 3), np.float32))
+  labels = jax.device_put(rng.integers(0, 10, (batch,)).astype(np.int32))
+  saliency = jax.device_put(rng.random((batch, size, size), np.float32))
+  result = {}
+  for n in size_overrides(size)["puzzle_mix.block_nums"]:
+    mix = jax.jit(lambda key, n=n: augment.puzzle_mix(
+        key, images, labels, saliency, num_classes=10, block_num=n).images)
+    times = []
+    for step in range(max(repeats, 5) + 1):
+      key = jax.random.key(step)
+      start = time.perf_counter()
+      jax.block_until_ready(mix(key))
+      if step:   # the first call compiles
+        times.append(time.perf_counter() - start)
+    result[n] = float(np.median(times))
+  return result
+
+
 def count_collectives(args) -> dict:
   """Collective ops in the compiled 8-device step of each method."""
   mesh = jax.make_mesh((8,), ("data",))
   counts = {}
-  for method, overrides in (("vanilla", {}), ("sage sampled", {})):
+  for method, overrides in (("vanilla", {}), ("sage sampled", {}),
+                            ("puzzle_mix", {})):
     text = train.lower_train_step(make_config(method, overrides, args), mesh,
                                   num_classes=10,
                                   image_shape=(args.image_size, args.image_size, 3)
@@ -192,6 +235,11 @@ def main():
   for label, seconds in saliency.items():
     print(f"saliencymix saliency, {label}: {1e3 * seconds:.3f} ms = "
           f"{100 * seconds / times['vanilla']:.3f}% of the vanilla step")
+
+  for n, seconds in puzzle_mix_seconds(args.batch, size, args.steps).items():
+    print(f"puzzle_mix mixing (energy, solver, transport), n={n}: "
+          f"{1e3 * seconds:.1f} ms = {100 * seconds / times['vanilla']:.2f}% of "
+          "the vanilla step")
 
   if args.table:
     table = runtime_table(

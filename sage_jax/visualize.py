@@ -41,9 +41,10 @@ from sage_jax.curves import write_png  # re-exported: the PNG writer
 
 COLUMNS = ("image i", "partner π(i)", "saliency s_i", "saliency s_π(i)",
            "SAGE mask M\n(white: image i)", "SAGE", "w/o OR\n(no shift)", "w/o SM\n(M = λ)",
-           "Mixup", "CutMix", "SaliencyMix")
+           "Mixup", "CutMix", "SaliencyMix", "Puzzle Mix")
 # The mixed-image columns, in order (names of `mix_columns`' results).
-MIXED_COLUMNS = ("SAGE", "w/o OR", "w/o SM", "Mixup", "CutMix", "SaliencyMix")
+MIXED_COLUMNS = ("SAGE", "w/o OR", "w/o SM", "Mixup", "CutMix", "SaliencyMix",
+                 "Puzzle Mix")
 
 # Layout in inches (at any dpi): square image cells, a caption band under
 # each row for up to three lines of 7-pt text, a header band for the
@@ -149,7 +150,7 @@ def _weights_caption(names: Sequence[str], own: Sequence[int], partner: Sequence
 def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
                 saliency: jax.Array, *, num_classes: int, lam: float,
                 search: str = "sampled", sample_fraction: float = 0.01,
-                images_uint8: Any = None) -> dict:
+                images_uint8: Any = None, mean: Any = 0.0, std: Any = 1.0) -> dict:
   """Every method's result for the pairs of `pair_permutation`.
 
   Args:
@@ -162,6 +163,8 @@ def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
     search, sample_fraction: SAGE's offset search (as in training).
     images_uint8: the same images as uint8 (2n, H, W, C), for SaliencyMix's
       saliency; without them there is no "SaliencyMix" entry.
+    mean, std: the normalisation of `images` (Puzzle Mix compares colours in
+      pixel space).
 
   Returns:
     dict with, for the n displayed rows: "mask" (n, H, W) SAGE's mask M,
@@ -169,7 +172,9 @@ def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
     "w/o SM", "Mixup", "CutMix" (and "SaliencyMix") a pair (images
     (n, H, W, C) normalised, weights (n,) = the label weight of image i).
     SaliencyMix pastes one box per row, from the map of that row's partner
-    (the training step uses one box per batch).
+    (the training step uses one box per batch). Puzzle Mix uses `saliency`
+    with the block count `puzzle_block_num(H)` (training draws one per
+    batch).
   """
   num_pairs = images.shape[0] // 2
   # One compiled program for all methods: op-by-op dispatch of six SAGE
@@ -178,7 +183,9 @@ def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
                          jnp.asarray(labels, jnp.int32),
                          jnp.asarray(saliency, jnp.float32),
                          jnp.asarray(lam, jnp.float32), num_classes=num_classes,
-                         search=search, sample_fraction=sample_fraction)
+                         search=search, sample_fraction=sample_fraction,
+                         mean=jnp.asarray(mean, jnp.float32),
+                         std=jnp.asarray(std, jnp.float32))
   if images_uint8 is not None:
     columns["SaliencyMix"] = _saliencymix_rows(
         key, jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32),
@@ -210,7 +217,7 @@ def _saliencymix_rows(key, images, labels, images_uint8, lam, *, num_classes):
 @functools.partial(jax.jit, static_argnames=("num_classes", "search",
                                              "sample_fraction"))
 def _all_methods(key, images, labels, saliency, lam, *, num_classes, search,
-                 sample_fraction):
+                 sample_fraction, mean, std):
   """`mix_columns` for all 2n rows, in one jitted program."""
   num_pairs = images.shape[0] // 2
   perm = pair_permutation(num_pairs)
@@ -224,6 +231,9 @@ def _all_methods(key, images, labels, saliency, lam, *, num_classes, search,
                              **sage_args),
       "Mixup": augment.mixup(key, images, labels, **common),
       "CutMix": augment.cutmix(key, images, labels, **common),
+      "Puzzle Mix": augment.puzzle_mix(
+          key, images, labels, saliency, mean=mean, std=std,
+          block_num=puzzle_block_num(images.shape[1]), **common),
   }
   # SAGE's mask, read off through the public function: image i all ones and
   # its partner (a row ≥ n) all zeros give x' = M·1 + (1-M)·T(0) = M. The
@@ -235,6 +245,23 @@ def _all_methods(key, images, labels, saliency, lam, *, num_classes, search,
   columns["mask"] = masks[..., 0]
   columns["offset"] = results["SAGE"].offset
   return columns
+
+
+def puzzle_block_num(size: int) -> int:
+  """The picture's Puzzle Mix block count for size×size images.
+
+  The finest of 2, 4, 8, 16 whose blocks are still ≥ 4 pixels on a side (8
+  for CIFAR); for other sizes, the smallest count the release's 4-pixel
+  pooling and transport cells fit (blocks of 4k pixels, or fewer than 4).
+  """
+  def fits(n):
+    block = size // n
+    return size % n == 0 and block % min(4, block) == 0
+
+  preferred = [n for n in (2, 4, 8, 16) if fits(n) and size // n >= 4]
+  if preferred:
+    return max(preferred)
+  return min(n for n in range(2, size + 1) if fits(n))
 
 
 def grid_figure_size(num_pairs: int, num_columns: int = len(COLUMNS)
@@ -328,7 +355,8 @@ def augmentation_grid(images_uint8: np.ndarray, labels: np.ndarray,
   columns = mix_columns(jax.random.key(seed), images, labels.astype(np.int32),
                         jnp.asarray(saliency, jnp.float32),
                         num_classes=len(class_names), lam=lam, search=search,
-                        sample_fraction=sample_fraction, images_uint8=images_uint8)
+                        sample_fraction=sample_fraction, images_uint8=images_uint8,
+                        mean=mean, std=std)
   shown = denormalize(images, mean, std)
   own, partner = labels[:num_pairs], labels[num_pairs:]
   heat = colorize(saliency)
@@ -517,6 +545,8 @@ def run_grid(config, *, workdir: str | None, num_pairs: int = 4, seed: int = 0,
   from sage_jax import train  # pylint: disable=g-import-not-at-top
   # The cheap check first: before seconds of dataset decoding.
   step = None if workdir is None else latest_checkpoint_step(workdir)
+  from sage_jax import datasets  # pylint: disable=g-import-not-at-top
+  datasets.prepare_for_run(config)   # downloads CIFAR when missing and online
   data = input_pipeline.load_dataset(config.dataset.name,
                                      config.dataset.data_dir or None)
   info = data.info

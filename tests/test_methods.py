@@ -184,6 +184,7 @@ def test_manifold_mixup_at_the_input_is_mixup_on_the_same_draws(monkeypatch):
 @pytest.mark.parametrize("method,overrides", [
     ("manifold_mixup", {}),
     ("saliencymix", {"saliencymix.mix_prob": 1.0}),
+    ("puzzle_mix", {}),
     # The compatibility option: OpenCV on the host, inside the mapped step.
     ("saliencymix", {"saliencymix.mix_prob": 1.0,
                      "saliencymix.saliency": "released_float_image"})])
@@ -227,3 +228,35 @@ def test_eight_device_step_is_the_mean_of_per_shard_steps(method, overrides):
   want = optax.apply_updates(host_state.params, updates)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                jax.device_get(new_state.params), want)
+
+
+def test_puzzle_mix_step_is_an_eval_mode_saliency_then_one_mixed_pass():
+  # §3.1: the saliency pass runs BN in eval mode and updates nothing; its
+  # parameter gradient is discarded. The step's gradient and BN statistics
+  # are those of one train-mode pass on the Puzzle Mix batch.
+  from sage_jax import augment
+  import optax
+  model, batch, variables = _tiny_setup()
+  params, stats = variables["params"], variables["batch_stats"]
+  key = jax.random.key(4)
+  out = jax.jit(_step("puzzle_mix", model))(key, params, stats, batch)
+
+  def eval_loss(images):
+    logits = model.apply(variables, images, train=False)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                                     batch.labels))
+
+  saliency = jnp.sqrt(jnp.mean(jax.grad(eval_loss)(batch.images) ** 2, axis=-1))
+  mixed = augment.puzzle_mix(key, batch.images, batch.labels, saliency, mean=MEAN,
+                             std=STD, num_classes=NUM_CLASSES, block_nums=(2, 4, 8))
+  context = methods.StepContext(model, train.LOSS_FNS["bce_softmax"], NUM_CLASSES,
+                                MEAN, STD)
+  (loss, (new_stats, _)), grads = jax.jit(jax.value_and_grad(
+      context.model_loss, has_aux=True))(params, stats, mixed.images, mixed.labels)
+  tol = dict(rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol),
+               (out.grads, out.batch_stats, out.metrics["loss"]),
+               (grads, new_stats, loss))
+  assert float(out.metrics["mix_label_weight"]) == pytest.approx(
+      float(jnp.mean(mixed.lam)), abs=1e-6)
+  assert float(out.metrics["block_num"]) in (2.0, 4.0, 8.0)

@@ -28,6 +28,8 @@ def tiny_config(**overrides):
   config.num_train_steps = 2
   config.log_every_steps = 1
   config.sage.sample_fraction = 0.002
+  # The block counts that divide the tests' 8×8 images.
+  config.puzzle_mix.block_nums = (2, 4, 8)
   for field, value in overrides.items():
     node = config
     *parents, leaf = field.split(".")

@@ -1,4 +1,4 @@
-"""SAGE, Mixup and CutMix as pure, jit-able JAX functions.
+"""SAGE and the baselines' mixing as pure, jit-able JAX functions.
 
     from sage_jax import augment
     sal = augment.saliency_map(input_grads)             # (B,H,W,C) -> (B,H,W)
@@ -7,7 +7,10 @@
 
 `sage_value_and_grad` wraps a loss function into SAGE's full training gradient
 (one backward pass for the clean gradient and the saliency, gradient reuse);
-`nnx_sage_value_and_grad` does the same for a Flax NNX module. Importing this
+`nnx_sage_value_and_grad` does the same for a Flax NNX module. The
+baselines: `mixup`, `cutmix`, `saliencymix`, Manifold Mixup (`mix_at`,
+`draw_manifold_mix`) and `puzzle_mix` (its mask solver `solve_grid_mrf` and
+transport `transport_sources`/`move_patches` run on the device). Importing this
 package needs jax and numpy only (flax is imported by the NNX helper).
 """
 from sage_jax.augment.gradients import SageGradients
@@ -29,6 +32,17 @@ from sage_jax.augment.rearrange import all_offsets
 from sage_jax.augment.rearrange import num_sampled_offsets
 from sage_jax.augment.rearrange import sample_offsets
 from sage_jax.augment.rearrange import shift
+from sage_jax.augment.puzzle_mix import block_energy
+from sage_jax.augment.puzzle_mix import BLOCK_NUMS
+from sage_jax.augment.puzzle_mix import drawn_block_num
+from sage_jax.augment.puzzle_mix import GridEnergy
+from sage_jax.augment.puzzle_mix import puzzle_mix
+from sage_jax.augment.puzzle_mix import PUZZLE_STATIC_ARGNAMES
+from sage_jax.augment.puzzle_mix import puzzle_saliency
+from sage_jax.augment.grid_mrf import grid_mrf_energy
+from sage_jax.augment.grid_mrf import solve_grid_mrf
+from sage_jax.augment.transport import move_patches
+from sage_jax.augment.transport import transport_sources
 from sage_jax.augment.saliency import saliency_map
 from sage_jax.augment.saliencymix import fine_grained_saliency
 from sage_jax.augment.saliencymix import opencv_saliency
@@ -43,4 +57,7 @@ __all__ = [
     "sample_offsets", "saliency_map", "shift",
     "fine_grained_saliency", "opencv_saliency", "saliency_box", "saliencymix",
     "MIX_STATIC_ARGNAMES", "SAGE_STATIC_ARGNAMES", "nnx_sage_value_and_grad",
+    "BLOCK_NUMS", "GridEnergy", "PUZZLE_STATIC_ARGNAMES", "block_energy",
+    "drawn_block_num", "puzzle_mix", "puzzle_saliency", "grid_mrf_energy",
+    "solve_grid_mrf", "move_patches", "transport_sources",
 ]

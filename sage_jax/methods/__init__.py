@@ -14,6 +14,7 @@ The pure mixing functions the methods use live in `sage_jax.augment`.
 from sage_jax.methods import cutmix
 from sage_jax.methods import manifold_mixup
 from sage_jax.methods import mixup
+from sage_jax.methods import puzzle_mix
 from sage_jax.methods import sage
 from sage_jax.methods import saliencymix
 from sage_jax.methods import vanilla
@@ -24,7 +25,7 @@ from sage_jax.methods.base import StepOutput
 
 # config.method -> Method, in the order of the paper's tables.
 REGISTRY = {module.METHOD.name: module.METHOD for module in (
-    vanilla, mixup, cutmix, manifold_mixup, saliencymix, sage)}
+    vanilla, mixup, cutmix, manifold_mixup, saliencymix, puzzle_mix, sage)}
 METHOD_NAMES = tuple(REGISTRY)
 
 
