@@ -144,8 +144,16 @@ def test_step_bench_end_to_end_times_every_method():
   assert ratios["vanilla"] == 1.0
   assert "saliencymix saliency, batch of 8" in out
   assert "| manifold_mixup |" in out and "| saliencymix |" in out
-  assert re.search(r"collectives in the compiled 8-device step: vanilla=\d+ "
-                   r"sage_sampled=\d+", out), out
+  counts = re.search(r"collectives in the compiled 8-device step: vanilla=(\d+) "
+                     r"sage_sampled=(\d+) puzzle_mix=(\d+)", out)
+  assert counts, out
+  # Pairs are formed within each device's shard: SAGE and Puzzle Mix add no
+  # collective to the gradient all-reduce of the vanilla step.
+  assert counts.group(1) == counts.group(2) == counts.group(3), out
+  # Puzzle Mix's mixing (energy, solver, transport) at each block count
+  # that fits the 8×8 images.
+  for n in (2, 4, 8):
+    assert f"puzzle_mix mixing (energy, solver, transport), n={n}:" in out, out
 
 
 # --- Data flags: the scripts take their images from flags, never a fixed path --
