@@ -8,7 +8,7 @@ JPEG/PNG files); images are read in sorted order, at most
 `--images_per_class` per class, resized to 32×32 if needed.
 
 For each block count n ∈ {2, 4, 8, 16} it builds `--cases` Puzzle Mix mask
-energies (BASELINES §3.3) the way training does: saliency = root mean square
+energies (docs/baselines.md §3.3) the way training does: saliency = root mean square
 over channels of the input gradient of a randomly initialised PreActResNet8
 in eval mode (softmax cross-entropy); random partners (a permutation per
 batch) and λ ~ U(0, 1) per case; the energy terms from
@@ -18,7 +18,7 @@ batch) and λ ~ U(0, 1) per case; the energy terms from
 * gco's α-β swap as the release calls it (`gco.cut_grid_graph(...,
   algorithm='swap')` on the terms ×1000·n² truncated to int32, one call per
   case on the host; cases where gco's own ×1e5 scaling overflows int32 are
-  skipped and counted, BASELINES §3.4),
+  skipped and counted, docs/baselines.md §3.4),
 
 and prints, per n: the cases, the share where our float energy is ≤ gco's +
 1e-6, the share strictly better, the mean and worst relative gap
@@ -101,7 +101,7 @@ def model_saliency(images: np.ndarray, labels: np.ndarray, batch: int) -> np.nda
 
 
 def float64_energy(labels, unary, weight_vertical, weight_horizontal, table):
-  """The §3.3 energy of int labels (B, n, n) in float64."""
+  """The docs/baselines.md §3.3 energy of int labels (B, n, n) in float64."""
   unary, table = np.asarray(unary, np.float64), np.asarray(table, np.float64)
   data = np.take_along_axis(unary, labels[..., None], -1)[..., 0].sum((1, 2))
   vertical = (np.asarray(weight_vertical, np.float64)

@@ -3,6 +3,7 @@
     python benchmarks/step_bench.py [--model preactresnet18] [--width 64]
                                     [--batch 128] [--steps 5] [--image_size 32]
     python benchmarks/step_bench.py --table [--table_out runtime_table.md]
+    python benchmarks/step_bench.py --methods puzzle_mix   # vanilla + a subset
 
 Prints, measured in one process on one device: the jitted train-step time of
 every registered method (`sage_jax.methods`; SAGE with its sampled and its
@@ -205,6 +206,9 @@ def main():
                       help="also print the Markdown runtime table (Table 3)")
   parser.add_argument("--table_out", default="",
                       help="with --table: also write the table to this file")
+  parser.add_argument("--methods", default="",
+                      help="comma-separated subset of the rows to time (e.g. "
+                           "vanilla,puzzle_mix; vanilla is always included)")
   parser.add_argument("--collectives-only", action="store_true",
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -222,8 +226,18 @@ def main():
   print(f"jax {jax.__version__} on {devices[0].device_kind}; {args.model} width "
         f"{args.width}, batch {args.batch}, {size}x{size}x3, one device; "
         f"{args.steps} interleaved rounds")
+  selected = METHODS
+  if args.methods:
+    wanted = {"vanilla"} | set(args.methods.split(","))
+    unknown = wanted - {label.split()[0] for label, _ in METHODS} - {
+        label for label, _ in METHODS}
+    if unknown:
+      parser.error(f"--methods: unknown {sorted(unknown)}; choose from "
+                   f"{[label for label, _ in METHODS]}")
+    selected = [(label, overrides) for label, overrides in METHODS
+                if label in wanted or label.split()[0] in wanted]
   times = common.interleaved_step_times(
-      {method: make_config(method, overrides, args) for method, overrides in METHODS},
+      {method: make_config(method, overrides, args) for method, overrides in selected},
       mesh, args.steps, image_size=size)
   print(f"{'method':16s} {'step ms':>9s} {'/vanilla':>9s} {'images/s':>9s} "
         f"{'h/300 ep':>9s}")

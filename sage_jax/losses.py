@@ -8,7 +8,7 @@ _BCE_LOG_FLOOR = -100.0
 
 
 def bce_softmax_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """BCE(softmax(logits), targets), mean over batch and classes (spec §3).
+  """BCE(softmax(logits), targets), mean over batch and classes (docs/method.md §2).
 
   The released code's loss: each log term is clamped at -100 like PyTorch's
   BCELoss. Gradients stay finite when a probability saturates at 0 or 1.

@@ -1,4 +1,4 @@
-"""SAGE's training gradient with gradient reuse (spec §1 steps 1, 9, 10).
+"""SAGE's training gradient with gradient reuse (docs/method.md §1, steps 1, 9, 10).
 
 One backward pass of the clean batch gives both the clean parameter gradient
 g_clean and the input gradient ∂ℓ/∂x from which the saliency is computed; the

@@ -7,7 +7,7 @@ minimises
 
 over the vertical edges (r, c)-(r+1, c) (weights `weight_vertical`, p above
 q) and horizontal edges (r, c)-(r, c+1) (`weight_horizontal`, p left of q);
-one pairwise table for every edge. Puzzle Mix (BASELINES §3.3) has L = 3,
+one pairwise table for every edge. Puzzle Mix (docs/baselines.md §3.3) has L = 3,
 pairwise (l_p - l_q)²/4 and w > 0; its release solves each problem on the
 CPU with gco's α-β swap, a local method. Here every route runs inside `jit`
 on the whole batch, with shapes fixed by (B, n, L):

@@ -1,6 +1,6 @@
 """Manifold Mixup (Verma et al. 2019) as the SAGE release runs it.
 
-Per batch (spec BASELINES.md §1) one draw, shared by every sample:
+Per batch (docs/baselines.md §1) one draw, shared by every sample:
 
   1. a mix point k ~ U{0, 1, 2}: 0 = the normalised input images, 1 = the
      output of the network's first stage, 2 = the output of its second stage

@@ -1,7 +1,7 @@
 """SAGE, Mixup and CutMix as pure functions of (key, images, labels).
 
 `sage` follows Algorithm 1 of the paper with the released code's choices
-(spec §1 steps 4-8):
+(docs/method.md §1, steps 4-8):
 
   4. λ = upper_lambda · Beta(alpha, alpha), one per call;
   5. one random permutation π pairs image i with partner π(i);

@@ -1,6 +1,6 @@
 """Puzzle Mix (Kim et al., ICML 2020) on the accelerator, as the SAGE release runs it.
 
-Per batch (BASELINES §3.2): a block count n drawn uniformly from
+Per batch (docs/baselines.md §3.2): a block count n drawn uniformly from
 `block_nums` = (2, 4, 8, 16), one permutation pairing image i with partner
 j = π(i), one λ ~ Beta(α, α). Per pair:
 
@@ -12,7 +12,8 @@ j = π(i), one λ ~ Beta(α, α). Per pair:
    mean of the mask close to λ; neighbouring blocks pay w·(l_p − l_q)²/4.
 2. **Mask** (§3.4): the labelling minimising that energy, found on the
    device by `grid_mrf.solve_grid_mrf` (the release runs a CPU α-β swap per
-   sample; ours is exact for n ≤ 8 and at least as good on real data at 16).
+   sample; ours is exact for n ≤ 4 and, at n = 8 and 16, Ishikawa lifting
+   plus strip moves, never worse than gco on the measured real data).
 3. **Transport** (§3.5): each image's salient patches move, at the cost of
    distance, into the cells where the mask keeps that image
    (`transport.transport_sources`, `transport.move_patches`).
@@ -42,7 +43,7 @@ from sage_jax.augment import grid_mrf
 from sage_jax.augment import mixing
 from sage_jax.augment import transport as transport_lib
 
-# The released CIFAR settings (BASELINES §3: `--method puzzle`).
+# The released CIFAR settings (docs/baselines.md §3: `--method puzzle`).
 BLOCK_NUMS = (2, 4, 8, 16)
 NUM_LABELS = 3
 # Options that fix shapes or Python control flow: static under `jax.jit`.
@@ -56,7 +57,7 @@ _TINY = 1e-30
 
 
 class GridEnergy(NamedTuple):
-  """The mask energy of one batch on the n×n block grid (BASELINES §3.3).
+  """The mask energy of one batch on the n×n block grid (docs/baselines.md §3.3).
 
   E(l) = Σ_p unary[p, l_p] + Σ_(p,q) w_pq · pairwise[l_p, l_q] over the
   vertical (p above q) and horizontal (p left of q) edges.
@@ -81,7 +82,7 @@ def pairwise_table(num_labels: int = NUM_LABELS) -> jax.Array:
 
 
 def puzzle_saliency(input_grads: jax.Array) -> jax.Array:
-  """Puzzle Mix saliency: root mean square of ∂ℓ/∂x over channels (§3.1).
+  """Puzzle Mix saliency: root mean square of ∂ℓ/∂x over channels (docs/baselines.md §3.1).
 
   Args:
     input_grads: float (B, H, W, C), gradient of the loss with respect to the
@@ -159,7 +160,7 @@ def block_energy(saliency: jax.Array, pixel_images: jax.Array, perm: jax.Array,
                  lam: jax.Array, *, block_num: int, beta: float = 1.2,
                  gamma: float = 0.5, eta: float = 0.2,
                  neigh_size: int = 4) -> GridEnergy:
-  """The Puzzle Mix mask energy of every pair (i, π(i)) (BASELINES §3.3).
+  """The Puzzle Mix mask energy of every pair (i, π(i)) (docs/baselines.md §3.3).
 
   Args:
     saliency: float (B, H, W) non-negative saliency (`puzzle_saliency`).
@@ -256,7 +257,7 @@ def _upsample(mask: jax.Array, size: int) -> jax.Array:
 
 
 def transport_grid(size: int, block_num: int, transport_size: int) -> int:
-  """T, the side of the transport grid for block count n (§3.5).
+  """T, the side of the transport grid for block count n (docs/baselines.md §3.5).
 
   Cells of min(transport_size, block size) pixels: finer than the mask's
   blocks for n = 2, 4 on CIFAR (T = 8), the block grid itself for n = 8, 16.
@@ -325,7 +326,7 @@ def puzzle_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
                num_classes: Optional[int] = None, lam: Optional[Any] = None,
                perm: Optional[jax.Array] = None, block_num: Optional[int] = None,
                check_labels: bool = False) -> mixing.MixResult:
-  """Puzzle Mix of one batch (BASELINES §3, the release's CIFAR settings).
+  """Puzzle Mix of one batch (docs/baselines.md §3, the release's CIFAR settings).
 
   Args:
     key: PRNG key, split into (block count, λ, permutation) keys.
@@ -341,7 +342,7 @@ def puzzle_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
     gamma: data smoothness γ ≥ 0.
     eta: prior weight η ≥ 0.
     neigh_size: pooling of the data-smoothness term (Python int).
-    transport: move salient patches into the kept cells (§3.5).
+    transport: move salient patches into the kept cells (docs/baselines.md §3.5).
     transport_size: transport cell size in pixels (min with the block size).
     transport_eps: ε > 0, weight of the transport distance.
     mean, std: per-channel normalisation of `images` (scalars or (C,)), so

@@ -4,7 +4,7 @@ For a pair of normalised saliency maps a = ŝ0 (the image kept in place) and
 b = ŝ1 (the partner), a shift τ = (dy, dx) moves the partner's content dy rows
 down and dx columns right, dropping what leaves the frame and filling with 0
 (`shift`). The saliency-guided mask for that shift and the total saliency it
-keeps are (spec §1 step 7)
+keeps are (docs/method.md §1, step 7)
 
     M_τ  = a / max(a + T_τ b, 1e-16)
     v(τ) = Σ_pixels a·M_τ + T_τ b·(1 - M_τ).
@@ -128,7 +128,7 @@ def best_of_shared(sal0: jax.Array, sal1: jax.Array, offsets: jax.Array
   return offsets[jnp.argmax(scores, axis=0)]
 
 
-# --- Exhaustive search (spec §2) ---------------------------------------------
+# --- Exhaustive search (docs/method.md §3) ------------------------------------
 #
 # v(τ) = Σa + R(τ) - H(τ) with R(τ) = Σ_frame T_τ b (a correlation of b with
 # the frame) and H(τ) = Σ 2ab/(a+b) (b shifted), which is not a correlation.

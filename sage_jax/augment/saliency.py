@@ -1,4 +1,4 @@
-"""Saliency maps from input gradients (SAGE spec §1 steps 2-3)."""
+"""Saliency maps from input gradients (docs/method.md §1, steps 2-3)."""
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ def saliency_map(input_grads: jax.Array, *, sigma: float = 1.0,
                  kernel_size: int = 5) -> jax.Array:
   """SAGE saliency: mean |∂ℓ/∂x| over channels, then Gaussian smoothing.
 
-  Follows the released code (spec §1.2-1.3): the channel reduction is the mean
+  Follows the released code (docs/method.md §1, steps 2-3): the channel reduction is the mean
   absolute value (the paper's text says ℓ2 norm), and the smoothing is a
   separable `kernel_size`² Gaussian with *reflect* padding (the edge pixel is
   not repeated, as `jnp.pad(mode='reflect')`).

@@ -1,4 +1,4 @@
-"""SaliencyMix (Uddin et al. 2021) as the SAGE release runs it (BASELINES §2).
+"""SaliencyMix (Uddin et al. 2021) as the SAGE release runs it (docs/baselines.md §2).
 
 One saliency map per batch, that of image π(0) (the partner of sample 0),
 gives one box around its most salient pixel; the partners' content in that
@@ -15,7 +15,7 @@ Two saliency sources:
   describe it; bit-exact against `cv2.saliency.StaticSaliencyFineGrained`.
 * `opencv_saliency` (compatibility option, host OpenCV): the released code
   hands OpenCV the *normalised float32 RGB* image, which OpenCV misreads
-  (BASELINES §2); that map is what produced the published numbers. It is
+  (docs/baselines.md §2); that map is what produced the published numbers. It is
   computed on the host through `jax.pure_callback` for the one image the
   batch needs:
 
@@ -379,7 +379,7 @@ def saliencymix(key: jax.Array, images: jax.Array, labels: jax.Array,
                 lam: Optional[Any] = None,
                 perm: Optional[jax.Array] = None,
                 check_labels: bool = False) -> mixing.MixResult:
-  """SaliencyMix of one batch as the SAGE release runs it (BASELINES §2).
+  """SaliencyMix of one batch as the SAGE release runs it (docs/baselines.md §2).
 
   With probability `mix_prob` the batch is mixed: λ ~ Beta(α, α), a random
   permutation π, one box from the saliency map of image π(0) (see
@@ -487,7 +487,7 @@ def opencv_saliency(image: jax.Array) -> jax.Array:
   Compatibility option that reproduces the published SaliencyMix numbers:
   the release passes the *normalised float32 RGB* image to
   `cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency`, which
-  on float input reads bytes of the float buffer as pixels (BASELINES §2);
+  on float input reads bytes of the float buffer as pixels (docs/baselines.md §2);
   that result depends on the last bits of OpenCV's float blur, so it is
   not reimplemented here but called through `jax.pure_callback`. This works
   under jit, vmap (one host call per image) and inside `jax.shard_map`.

@@ -1,4 +1,4 @@
-"""Puzzle Mix's transport step (BASELINES §3.5), exact to the released code.
+"""Puzzle Mix's transport step (docs/baselines.md §3.5), exact to the released code.
 
 The release (`mixup.py: cost_matrix, mask_transport, transport_image`) moves
 each image's salient cells into the cells its mask keeps. On a T×T grid of

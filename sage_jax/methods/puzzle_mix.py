@@ -1,6 +1,6 @@
 """Puzzle Mix (Kim et al., ICML 2020), as the SAGE release runs it on CIFAR.
 
-1. Saliency pass (BASELINES §3.1): BatchNorm in eval mode (running
+1. Saliency pass (docs/baselines.md §3.1): BatchNorm in eval mode (running
    statistics, nothing updated), mean softmax cross-entropy on the true
    labels, gradient with respect to the input only (the release zeroes the
    parameter gradient of this pass, so it is never computed here), saliency =
@@ -24,7 +24,7 @@ from sage_jax.methods import base
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The release's CIFAR settings for `--method puzzle` (BASELINES §3)."""
+  """The release's CIFAR settings for `--method puzzle` (docs/baselines.md §3)."""
   config = ml_collections.ConfigDict()
   config.alpha = 1.0             # λ ~ Beta(α, α), one per batch
   config.beta = 1.2              # label smoothness (÷16n inside)
@@ -59,7 +59,7 @@ CONFIG_RULES = {
 
 def input_saliency(context: base.StepContext, params, batch_stats, images,
                    labels) -> jax.Array:
-  """(B, H, W) Puzzle Mix saliency from an eval-mode pass (§3.1)."""
+  """(B, H, W) Puzzle Mix saliency from an eval-mode pass (docs/baselines.md §3.1)."""
 
   def eval_loss(inputs):
     logits = context.model.apply({"params": params, "batch_stats": batch_stats},

@@ -1,4 +1,4 @@
-"""SAGE (Ma et al., BMVC 2022), as the released code trains with it (spec §1).
+"""SAGE (Ma et al., BMVC 2022), as the released code trains with it (docs/method.md §1).
 
 1. Clean pass in train mode; one backward gives g_clean and ∂ℓ/∂x.
 2-8. Saliency, λ, partners, the rearrangement search and the saliency mask
@@ -15,7 +15,7 @@ from sage_jax.methods import base
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The paper's CIFAR-10 PreActResNet18 settings (spec §3)."""
+  """The paper's CIFAR-10 PreActResNet18 settings (docs/method.md §4)."""
   config = ml_collections.ConfigDict()
   config.alpha = 1.0
   config.upper_lambda = 0.6
