@@ -37,6 +37,10 @@ resnext29_4_24     64       stem 64, planes 64/128/256, D 96/192/384,
                             outputs 256/512/1024 (cardinality 4 fixed)
 preactresnet8      16       stem 16, stages 16/32/64 (one block each)
 =================  =======  ============================================
+
+Every BatchNorm is :class:`sage_jax.models.batchnorm.BatchNorm`: flax's
+forward and variables, but the running variance takes the *unbiased* batch
+variance (x n/(n-1)), as PyTorch's ``BatchNorm2d`` in the reference code.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from sage_jax.models.batchnorm import BatchNorm
 from sage_jax.models.preactresnet import (PREACTRESNET8_WIDTH,
                                           PREACTRESNET18_WIDTH, PreActResNet,
                                           preactresnet8, preactresnet18)
@@ -88,7 +93,8 @@ def create_model(name: str,
     dtype: computation dtype, e.g. jnp.bfloat16 for mixed precision.
       Parameters and batch statistics stay float32; logits are float32.
     bn_axis_name: if set, BatchNorm averages batch statistics over this mapped
-      axis (e.g. the 'data' axis of a shard_map) instead of per device.
+      axis (e.g. the 'data' axis of a shard_map) instead of per device; the
+      running variance's n/(n-1) then uses the global count n.
 
   Returns:
     An unbound flax module; call it as ``model.apply(variables, x, train=...)``.
@@ -126,4 +132,5 @@ __all__ = [
     "PreActResNet",
     "WideResNet",
     "ResNeXt",
+    "BatchNorm",
 ]

@@ -12,7 +12,8 @@ draw from when constructed:
   the layer's *kernel*. A flax ``bias_init`` only sees the bias shape
   ``(features,)``, so :func:`pytorch_bias_init` is a closure over fan_in and the
   constructors below compute fan_in from the layer's input channels.
-* BatchNorm: scale 1, bias 0 (flax's defaults already).
+* BatchNorm: scale 1, bias 0 (flax's defaults already); running variance
+  updated with the unbiased batch variance (see ``batchnorm.py``).
 
 Fan-in of a conv kernel of shape (kh, kw, in_channels / groups, out_channels)
 is kh * kw * in_channels / groups, matching PyTorch's weight layout
@@ -29,6 +30,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+
+from sage_jax.models.batchnorm import BatchNorm
 
 Initializer = Callable[..., jax.Array]
 Dtype = Any
@@ -159,27 +162,32 @@ def batch_norm(*,
                axis_name: str | None,
                dtype: Dtype = jnp.float32,
                momentum: float = DEFAULT_BN_MOMENTUM,
-               name: str | None = None) -> nn.BatchNorm:
+               name: str | None = None) -> BatchNorm:
   """BatchNorm over the channel (last) axis with PyTorch's defaults.
+
+  The layer is this package's :class:`~sage_jax.models.batchnorm.BatchNorm`,
+  not flax's: it folds the *unbiased* batch variance into the running
+  variance, as PyTorch's ``BatchNorm2d`` does (flax uses the biased one);
+  normalisation and variable names are flax's.
 
   Args:
     train: True normalises with (and updates) batch statistics; False uses the
       running averages in the 'batch_stats' collection.
     axis_name: if set, batch statistics are averaged over this mapped axis
-      (e.g. the data axis of a ``shard_map``), giving cross-device BN.
+      (e.g. the data axis of a ``shard_map``), giving cross-device BN; the
+      unbiased correction then uses the global count.
     dtype: computation dtype of the output; the statistics are reduced in
       float32 regardless, and scale/bias/running stats are float32.
     momentum: flax momentum, the weight of the *old* running statistic
       (flax 0.9 == PyTorch 0.1).
     name: submodule name inside the calling compact module.
   """
-  return nn.BatchNorm(
+  return BatchNorm(
       use_running_average=not train,
       momentum=momentum,
       epsilon=BN_EPSILON,
       axis_name=axis_name,
       dtype=dtype,
-      param_dtype=jnp.float32,
       name=name)
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from sage_jax.augment.manifold import ManifoldMix, mix_at
+from sage_jax.models.batchnorm import BatchNorm
 from sage_jax.models.init import (batch_norm, conv, pooled_logits,
                                   kaiming_normal_fan_out, scaled_channels)
 
@@ -71,7 +72,7 @@ class ResNeXtBottleneck(nn.Module):
     inner_features = self.cardinality * self.group_width
     out_features = EXPANSION * self.planes
 
-    def bn(name: str) -> nn.BatchNorm:
+    def bn(name: str) -> BatchNorm:
       return batch_norm(train=train, axis_name=self.bn_axis_name,
                         dtype=self.dtype, name=name)
 
