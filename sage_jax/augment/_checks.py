@@ -192,3 +192,19 @@ def to_targets(labels: Any, batch_size: int, num_classes: Optional[int],
     return jnp.asarray(labels, jnp.float32)
   raise ValueError(
       f"`labels` must be int (B,) or float (B, K); got dtype {labels_dtype}.")
+
+
+def check_saliency(saliency: Any, images_shape, example: str) -> None:
+  """`saliency` must be (B, H, W) matching `images` and non-negative (when concrete).
+
+  `example` names a function that gives valid maps, for the error message.
+  """
+  batch, height, width = images_shape[:3]
+  check_rank("saliency", saliency, 3, "(B, H, W)")
+  if jnp.shape(saliency) != (batch, height, width):
+    raise ValueError(
+        f"`saliency` must have shape (B, H, W) = {(batch, height, width)} to "
+        f"match `images`; got {jnp.shape(saliency)}.")
+  if is_concrete(saliency) and np.any(np.asarray(saliency) < 0):
+    raise ValueError(
+        f"`saliency` must be non-negative (e.g. {example}); got negative values.")

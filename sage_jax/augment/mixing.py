@@ -215,15 +215,8 @@ def sage(key: jax.Array, images: jax.Array, labels: jax.Array,
   targets = _check_common(images, labels, num_classes, alpha, check_labels,
                           "augment.sage", SAGE_STATIC_ARGNAMES)
   batch, height, width, _ = images.shape
-  _checks.check_rank("saliency", saliency, 3, "(B, H, W)")
-  if jnp.shape(saliency) != (batch, height, width):
-    raise ValueError(
-        f"`saliency` must have shape (B, H, W) = {(batch, height, width)} to "
-        f"match `images`; got {jnp.shape(saliency)}.")
-  if _checks.is_concrete(saliency) and np.any(np.asarray(saliency) < 0):
-    raise ValueError(
-        "`saliency` must be non-negative (e.g. `saliency_map` of input "
-        "gradients); got negative values.")
+  _checks.check_saliency(saliency, images.shape,
+                         "`saliency_map` of input gradients")
   if search not in SEARCH_MODES:
     raise ValueError(f"`search` must be one of {SEARCH_MODES}; got {search!r}.")
   if mask not in MASK_MODES:

@@ -373,13 +373,7 @@ def puzzle_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
   targets = mixing._check_common(images, labels, num_classes, alpha, check_labels,  # pylint: disable=protected-access
                                  "augment.puzzle_mix", PUZZLE_STATIC_ARGNAMES)
   batch, height, width, channels = images.shape
-  _checks.check_rank("saliency", saliency, 3, "(B, H, W)")
-  if jnp.shape(saliency) != (batch, height, width):
-    raise ValueError(
-        f"`saliency` must have shape (B, H, W) = {(batch, height, width)} to "
-        f"match `images`; got {jnp.shape(saliency)}.")
-  if _checks.is_concrete(saliency) and np.any(np.asarray(saliency) < 0):
-    raise ValueError("`saliency` must be non-negative (e.g. `puzzle_saliency`).")
+  _checks.check_saliency(saliency, images.shape, "`puzzle_saliency`")
   block_nums = tuple(int(n) for n in block_nums)
   if not block_nums:
     raise ValueError("`block_nums` must name at least one block count.")
