@@ -7,6 +7,12 @@ tfds dataset that is not prepared is downloaded when its host is reachable
 (--config.dataset.download=False forbids it); otherwise the run stops within
 seconds saying how to prepare it.
 
+Exit status: 0 done; 1 a problem to fix (config, data, a workdir of another
+run, unreadable checkpoints; one ERROR line); 3 training diverged (a
+non-finite loss, gradient or parameter); 75 stopped by SIGTERM/SIGINT after
+saving the current step (rerun the same command to resume). See the README's
+"When a run fails".
+
     python main.py --config configs/cifar10.py --workdir DIR --mode=eval \
         [--corrupted_dir CIFAR-100-C]
 

@@ -8,7 +8,9 @@ both call it): it parses the flags, logs the JAX backend and devices (with a
 warning when an NVIDIA GPU is present but JAX runs on the CPU), makes sure the
 dataset is there (downloading tfds datasets when possible, failing within
 seconds with instructions when not; `sage_jax.datasets`), then trains or
-evaluates.
+evaluates (`run_mode`). The expected ways to stop end in one stderr line and
+an exit status: EXIT_ERROR (1) for something to fix, EXIT_NONFINITE (3) when
+training diverged, EXIT_PREEMPTED (75) after SIGTERM/SIGINT saved the step.
 
 `parse_flags` is absl's flag parsing, except that a `--config.<field>`
 override naming no field of the configuration (e.g. the typo
@@ -22,6 +24,7 @@ import difflib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from typing import Optional, Sequence
@@ -216,6 +219,59 @@ def log_runtime(jax_module=None) -> Optional[str]:
   return warning
 
 
+def distributed_arguments(environ) -> dict:
+  """`jax.distributed.initialize` arguments from the environment.
+
+  JAX reads JAX_COORDINATOR_ADDRESS itself and detects TPU, SLURM and Open
+  MPI clusters, but not the process count and index of a hand-started run
+  (e.g. several processes on one machine); this reads them from
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+
+  Args:
+    environ: the environment (a mapping of str to str).
+
+  Returns:
+    {} when neither variable is set (JAX's own detection), else
+    {"num_processes": int, "process_id": int}.
+
+  Raises:
+    ValueError: only one of the two is set, or they are not integers with
+      0 <= JAX_PROCESS_ID < JAX_NUM_PROCESSES.
+  """
+  count, index = environ.get("JAX_NUM_PROCESSES"), environ.get("JAX_PROCESS_ID")
+  if count is None and index is None:
+    return {}
+  if count is None or index is None:
+    raise ValueError(
+        "Set both JAX_NUM_PROCESSES and JAX_PROCESS_ID (with "
+        "JAX_COORDINATOR_ADDRESS=host:port), or neither to let JAX detect the "
+        f"cluster; got JAX_NUM_PROCESSES={count!r}, JAX_PROCESS_ID={index!r}.")
+  try:
+    count, index = int(count), int(index)
+  except ValueError:
+    count = index = -1
+  if not 0 <= index < count:
+    raise ValueError(
+        "JAX_NUM_PROCESSES must be a positive integer and JAX_PROCESS_ID an "
+        "integer in [0, JAX_NUM_PROCESSES); got "
+        f"{environ.get('JAX_NUM_PROCESSES')!r} and "
+        f"{environ.get('JAX_PROCESS_ID')!r}.")
+  return {"num_processes": count, "process_id": index}
+
+
+def initialize_distributed(config, jax_module) -> None:
+  """`jax.distributed.initialize` for `--config.multi_host=True`.
+
+  A process that stops sending heartbeats for
+  `config.heartbeat_timeout_seconds` (killed, crashed, machine lost) makes
+  every other process stop with an error instead of waiting forever in a
+  collective.
+  """
+  jax_module.distributed.initialize(
+      heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
+      **distributed_arguments(os.environ))
+
+
 _TRAIN_FLAGS = {}
 
 
@@ -256,7 +312,11 @@ def train_main(argv: Sequence[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from sage_jax import datasets  # pylint: disable=g-import-not-at-top
   if config.multi_host:
-    jax.distributed.initialize()
+    try:
+      initialize_distributed(config, jax)
+    except ValueError as error:  # JAX_NUM_PROCESSES / JAX_PROCESS_ID
+      sys.stderr.write(f"ERROR: {error}\n")
+      sys.exit(EXIT_ERROR)
   log_runtime(jax)
   workdir = (train_flags["workdir"].value
              or default_workdir(flags.FLAGS["config"].config_filename))
@@ -269,16 +329,64 @@ def train_main(argv: Sequence[str]) -> None:
     sys.exit(1)
   for warning in warnings:
     logging.warning("%s", warning)
-  if mode == "eval":
-    from sage_jax import evaluate  # pylint: disable=g-import-not-at-top
-    results = evaluate.evaluate_workdir(config, workdir, corrupted_dir=corrupted_dir)
-    if jax.process_index() == 0:
-      print(evaluate.to_markdown(results))
-      print(f"Wrote {os.path.join(workdir, 'eval.json')} and eval.md "
-            f"({results['seconds']:.0f} s).")
-  else:
-    from sage_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, workdir)
+  code, message = run_mode(mode, config, workdir, corrupted_dir)
+  if code:
+    sys.stderr.write(message + "\n")
+    sys.exit(code)
+
+
+# Exit statuses of the program besides 0 (done) and absl's 1 for flag errors.
+EXIT_ERROR = 1        # bad config, data, workdir or checkpoints: fix, rerun
+EXIT_NONFINITE = 3    # training diverged (non-finite loss/gradient/params)
+EXIT_PREEMPTED = 75   # SIGTERM/SIGINT: saved; rerun the same command (EX_TEMPFAIL)
+
+
+def run_mode(mode: str, config, workdir: str,
+             corrupted_dir: Optional[str] = None) -> tuple:
+  """Trains or evaluates; turns the expected ways to stop into exit statuses.
+
+  Returns:
+    (0, "") when done; otherwise (status, one message for stderr), with
+    status EXIT_PREEMPTED, EXIT_NONFINITE or EXIT_ERROR (a workdir of another
+    run, unreadable checkpoints, bad data files). Other exceptions propagate
+    with their traceback (they are bugs). After a preemption SIGINT and
+    SIGTERM are ignored: the caller is expected to exit.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from sage_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from sage_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from sage_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from sage_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    config_lib.validate_config(config)
+  except ValueError as error:  # names the field
+    return EXIT_ERROR, f"ERROR: {error}"
+  try:
+    if mode == "eval":
+      from sage_jax import evaluate  # pylint: disable=g-import-not-at-top
+      results = evaluate.evaluate_workdir(config, workdir,
+                                          corrupted_dir=corrupted_dir)
+      if jax.process_index() == 0:
+        print(evaluate.to_markdown(results))
+        print(f"Wrote {os.path.join(workdir, 'eval.json')} and eval.md "
+              f"({results['seconds']:.0f} s).")
+    else:
+      train.train_and_evaluate(config, workdir)
+  except train.Preempted as stop:
+    # Exiting anyway: a repeated Ctrl-C must not turn into a traceback.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      try:
+        signal.signal(signum, signal.SIG_IGN)
+      except ValueError:  # Not the main thread: nothing was installed.
+        pass
+    return EXIT_PREEMPTED, f"PREEMPTED: {stop}"
+  except train.NonFiniteError as error:
+    return EXIT_NONFINITE, f"ERROR: {error}"
+  except (train.WorkdirMismatchError, checkpointing.CheckpointError,
+          checkpointing.CheckpointMismatchError,
+          input_pipeline.DataError) as error:
+    return EXIT_ERROR, f"ERROR: {error}"
+  return 0, ""
 
 
 def run(argv: Optional[Sequence[str]] = None) -> None:

@@ -19,6 +19,7 @@ from sage_jax.methods import base as rules
 
 METHODS = methods.METHOD_NAMES
 LOSSES = tuple(losses.LOSS_FNS)
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -60,7 +61,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.half_precision = False       # bf16 compute (GPU/TPU); fp32 as the paper
   config.cross_device_batch_norm = False  # BN batch statistics over all devices
   config.multi_host = False           # call jax.distributed.initialize()
+  # multi_host: seconds without a heartbeat after which a process counts as
+  # dead and every other process stops (instead of waiting in a collective).
+  config.heartbeat_timeout_seconds = 100
   config.num_devices = 0              # 0 = all devices (of all hosts)
+  # A step whose loss, metrics, gradient or updated parameters are not finite:
+  # "stop" (error naming the step; the last checkpoint stays the latest) or
+  # "skip" (the update is dropped; stop after nonfinite_max_skips in a row).
+  config.nonfinite = "stop"
+  config.nonfinite_max_skips = 10
   return config
 
 
@@ -118,6 +127,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       "multi_host": boolean,
       "num_devices": (lambda v: _is_int(v) and v >= 0,
                       "must be an int >= 0 (0 = all devices)"),
+      "heartbeat_timeout_seconds": positive_int,
+      "nonfinite": one_of(NONFINITE_POLICIES),
+      "nonfinite_max_skips": positive_int,
   }
   for name, method in methods.REGISTRY.items():
     for field, rule in method.config_rules.items():

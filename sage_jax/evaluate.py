@@ -411,6 +411,16 @@ def _tfds_corrupted_sets(data_dir: str | None) -> tuple[list, Callable]:
   return cifar10_c_config_names(), load
 
 
+def _load_npy(path: str, **kwargs) -> np.ndarray:
+  """np.load of one .npy file; DataError naming it when it cannot be read."""
+  try:
+    return np.load(path, allow_pickle=False, **kwargs)
+  except (OSError, ValueError, EOFError) as error:
+    raise input_pipeline.DataError(
+        f"{path} is not a readable .npy file ({type(error).__name__}: "
+        f"{error}): download it again, or move it out of the folder.") from None
+
+
 def _npy_corrupted_sets(directory: str, image_shape, num_classes: int) -> tuple:
   """The `<corruption>.npy` sets in `directory` and a loader for each.
 
@@ -422,34 +432,57 @@ def _npy_corrupted_sets(directory: str, image_shape, num_classes: int) -> tuple:
     (names '<corruption>_<severity>', load(name) -> CorruptedSet).
 
   Raises:
-    FileNotFoundError / ValueError: naming --corrupted_dir or the bad file.
+    input_pipeline.MissingDataError (a FileNotFoundError) /
+    input_pipeline.DataError (a ValueError): naming --corrupted_dir or each
+    bad file, and the fix; raised before any evaluation.
   """
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"--corrupted_dir={directory} is not a directory.")
+    raise input_pipeline.MissingDataError(
+        f"--corrupted_dir={directory} is not a directory; pass the folder of "
+        "the released CIFAR-10-C/CIFAR-100-C .npy files.")
   labels_path = os.path.join(directory, "labels.npy")
   if not os.path.exists(labels_path):
-    raise FileNotFoundError(
+    raise input_pipeline.MissingDataError(
         f"--corrupted_dir={directory} has no labels.npy; expected the released "
         "CIFAR-10-C/CIFAR-100-C layout: labels.npy and <corruption>.npy.")
-  labels = np.load(labels_path)
-  if labels.ndim != 1 or len(labels) % NUM_SEVERITIES or not len(labels):
-    raise ValueError(f"{labels_path} must have shape (5·n,) (5 severities), got "
-                     f"{labels.shape}.")
-  if labels.min() < 0 or labels.max() >= num_classes:
-    raise ValueError(f"{labels_path} holds labels outside [0, {num_classes}) of "
-                     "the evaluated model.")
+  labels = _load_npy(labels_path)
+  if (labels.ndim != 1 or len(labels) % NUM_SEVERITIES or not len(labels)
+      or labels.dtype.kind not in "iu"):
+    raise input_pipeline.DataError(
+        f"{labels_path} must hold integer labels of shape (5·n,) (n test "
+        f"images × 5 severities), got {labels.dtype} {labels.shape}: use the "
+        "labels.npy released with these files.")
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    raise input_pipeline.DataError(
+        f"{labels_path} holds {bad.size} label(s) outside [0, {num_classes}) "
+        f"of the evaluated model (e.g. row {bad[0]}: {labels[bad[0]]}): it "
+        f"belongs to a dataset with more classes; pass the corrupted version "
+        f"of the dataset this model was trained on ({num_classes} classes).")
   files = sorted(f for f in os.listdir(directory)
                  if f.endswith(".npy") and f != "labels.npy")
   if not files:
-    raise FileNotFoundError(f"--corrupted_dir={directory} holds no "
-                            "<corruption>.npy files besides labels.npy.")
+    raise input_pipeline.MissingDataError(
+        f"--corrupted_dir={directory} holds no <corruption>.npy files besides "
+        "labels.npy.")
   expected = (len(labels),) + tuple(image_shape)
+  problems = []
   for f in files:  # Check every file up front, before hours of evaluation.
-    array = np.load(os.path.join(directory, f), mmap_mode="r")
+    path = os.path.join(directory, f)
+    try:
+      array = _load_npy(path, mmap_mode="r")
+    except input_pipeline.DataError as error:
+      problems.append(str(error))
+      continue
     if array.shape != expected or array.dtype != np.uint8:
-      raise ValueError(f"{os.path.join(directory, f)} must be uint8 {expected} "
-                       f"(5 severities × images like the model's {tuple(image_shape)}), "
-                       f"got {array.dtype} {array.shape}.")
+      problems.append(
+          f"{path} is {array.dtype} {array.shape}, but must be uint8 "
+          f"{expected} (5 severities × the {len(labels) // NUM_SEVERITIES} "
+          f"test images of labels.npy, each like the model's "
+          f"{tuple(image_shape)}): use the file released with labels.npy, or "
+          "move it out of the folder.")
+  input_pipeline._raise_problems(  # pylint: disable=protected-access
+      f"--corrupted_dir={directory}", problems)
   n = len(labels) // NUM_SEVERITIES
 
   def load(name: str) -> CorruptedSet:

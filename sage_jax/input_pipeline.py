@@ -30,7 +30,17 @@ Datasets (:data:`DATASET_NAMES`):
   :func:`sage_jax.datasets.ensure_tfds` (downloads when the host answers;
   ``main.py`` does this).
 * ``image_folder``: ``data_dir/{train,test}/<class>/<image files>``, decoded
-  with PIL. Classes are the sorted subfolder names of ``train/``.
+  with PIL. Classes are the sorted subfolder names of ``train/``. The folder
+  is checked before anything trains: a file that is not an image (by its
+  extension), an image PIL cannot decode, an image of another size than the
+  first, a non-8-bit image (modes I, I;16, F), an empty class folder, or a
+  class missing from one split stops the load with one :class:`DataError`
+  listing every such file and its fix. Hidden files (``.*``) are ignored.
+  Other modes are converted with PIL's ``convert("RGB")``: grayscale
+  (``L``, ``1``) is repeated over the channels, palette images (``P``) are
+  looked up, ``RGBA``/``LA`` lose their alpha channel (it is dropped, not
+  composited onto a background), ``CMYK``/``YCbCr`` are converted; a log line
+  counts the converted files.
 """
 from __future__ import annotations
 
@@ -77,6 +87,33 @@ _MIN_CPUS_FOR_POOL = 4
 _AUGMENT_STREAM = 1
 
 _log = logging.getLogger(__name__)
+
+# Image modes `convert("RGB")` maps faithfully onto 8-bit RGB; other modes
+# (I, I;16, F: 16/32-bit or float pixels) would be clipped to 0..255.
+CONVERTIBLE_MODES = ("1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX",
+                     "CMYK", "YCbCr", "LAB", "HSV")
+_MAX_LISTED_PROBLEMS = 10
+
+
+class DataError(ValueError):
+  """A dataset file or folder that cannot be used as it is. The message names
+  each bad file (or folder) and how to fix it."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+  """A dataset file or folder that does not exist."""
+
+
+def _raise_problems(what: str, problems: Sequence[str]) -> None:
+  """One DataError listing `problems` (the first few, then a count)."""
+  if not problems:
+    return
+  shown = list(problems[:_MAX_LISTED_PROBLEMS])
+  more = len(problems) - len(shown)
+  if more:
+    shown.append(f"... and {more} more")
+  raise DataError(f"{what}: {len(problems)} problem(s), nothing was trained:\n  "
+                  + "\n  ".join(shown))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,26 +281,49 @@ def _list_images(class_dir: str) -> list[str]:
   return [os.path.join(class_dir, n) for n in names]
 
 
+def _scan_class_dir(class_dir: str) -> tuple[list[str], list[str]]:
+  """(sorted image paths, problems) of one class folder.
+
+  Problems: a visible entry that is not an image file (by extension), a
+  subfolder (its images would be ignored), or no image at all.
+  """
+  images, problems = [], []
+  for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
+    if entry.name.startswith("."):
+      continue
+    if entry.is_dir():
+      problems.append(f"{entry.path} is a folder: a class folder holds image "
+                      "files directly; move its images up or remove it.")
+    elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+      problems.append(f"{entry.path} is not an image file (extensions "
+                      f"{', '.join(IMAGE_EXTENSIONS)}): move it out of the "
+                      "class folder.")
+    else:
+      images.append(entry.path)
+  if not images and not problems:
+    problems.append(f"{class_dir} holds no image files: add images, or remove "
+                    "this class folder from both train/ and test/.")
+  return images, problems
+
+
 def _list_split(root: str, split: str,
-                class_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
-  """Paths and int32 labels of ``root/split/<class>/*`` in (class, name) order."""
-  paths, labels = [], []
+                class_names: Sequence[str]) -> tuple[list[str], np.ndarray, list[str]]:
+  """Paths, int32 labels and problems of ``root/split/<class>/*`` in (class,
+  name) order."""
+  paths, labels, problems = [], [], []
   for label, class_name in enumerate(class_names):
-    files = _list_images(os.path.join(root, split, class_name))
-    if split == "train" and not files:
-      raise ValueError(
-          f"Class folder {os.path.join(root, split, class_name)} holds no "
-          f"image files (extensions {IMAGE_EXTENSIONS}).")
+    files, found = _scan_class_dir(os.path.join(root, split, class_name))
+    problems.extend(found)
     paths.extend(files)
     labels.extend([label] * len(files))
-  return paths, np.asarray(labels, dtype=np.int32)
+  return paths, np.asarray(labels, dtype=np.int32), problems
 
 
 def _class_names(root: str) -> tuple[str, ...]:
   """Sorted class folder names of ``root/train``; checks ``root/test`` matches."""
   for split in ("train", "test"):
     if not os.path.isdir(os.path.join(root, split)):
-      raise FileNotFoundError(
+      raise MissingDataError(
           f"Image folder dataset: {os.path.join(root, split)} is not a "
           "directory. Expected the layout "
           "<data_dir>/{train,test}/<class>/<image files>.")
@@ -274,41 +334,77 @@ def _class_names(root: str) -> tuple[str, ...]:
 
   train, test = subdirs("train"), subdirs("test")
   if not train:
-    raise ValueError(f"{os.path.join(root, 'train')} has no class subfolders.")
+    raise DataError(f"{os.path.join(root, 'train')} has no class subfolders; "
+                    "expected <data_dir>/train/<class>/<image files>.")
   if train != test:
-    raise ValueError(
-        f"Image folder dataset {root}: train/ and test/ must have the same "
-        f"class subfolders; only in train/: {sorted(train - test)}, only in "
-        f"test/: {sorted(test - train)}.")
+    problems = [f"{os.path.join(root, 'train', c)} has no "
+                f"{os.path.join(root, 'test', c)}: add test images of class "
+                f"{c!r} there, or remove the class from train/."
+                for c in sorted(train - test)]
+    problems += [f"{os.path.join(root, 'test', c)} has no "
+                 f"{os.path.join(root, 'train', c)}: add training images of "
+                 f"class {c!r} there, or remove the class from test/."
+                 for c in sorted(test - train)]
+    _raise_problems(f"Image folder dataset {root}: train/ and test/ must have "
+                    "the same class subfolders", problems)
   return tuple(sorted(train))
 
 
 def _decode_file(path: str) -> np.ndarray:
   """uint8 (H, W, 3) pixels of one image file (grayscale/RGBA become RGB)."""
-  with Image.open(path) as im:
-    if im.mode != "RGB":
-      im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8)
+  return _decode_checked(path)[0]
 
 
-def _decode_files(paths: Sequence[str], shape: tuple) -> np.ndarray:
-  """Decodes ``paths`` into uint8 (len(paths), *shape); all must be ``shape``.
+def _decode_checked(path: str) -> tuple[np.ndarray | None, str | None, str | None]:
+  """(uint8 (H, W, 3) pixels or None, the converted mode or None, problem or
+  None) of one image file."""
+  try:
+    with Image.open(path) as im:
+      mode = im.mode
+      if mode != "RGB" and mode not in CONVERTIBLE_MODES:
+        return None, None, (
+            f"{path} has PIL mode {mode} (16/32-bit or float pixels), which "
+            "has no faithful 8-bit RGB conversion: save it as 8-bit RGB.")
+      if mode != "RGB":
+        im = im.convert("RGB")
+      pixels = np.asarray(im, dtype=np.uint8)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    # PIL: UnidentifiedImageError (an OSError) for a non-image, OSError for a
+    # truncated file, SyntaxError for some malformed headers.
+    detail = str(error).replace(f"'{path}'", "").replace(path, "").strip(" :")
+    detail = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+    return None, None, (f"{path} cannot be decoded ({detail}): replace it with "
+                        "a valid image or delete it.")
+  return pixels, (None if mode == "RGB" else mode), None
+
+
+def _decode_files(paths: Sequence[str], shape: tuple) -> tuple:
+  """Decodes ``paths`` into uint8 (len(paths), *shape).
 
   Module-level so that a process pool can pickle it.
 
-  Raises:
-    ValueError: naming the first file whose (H, W, C) differs from ``shape``.
+  Returns:
+    (images, problems, {converted mode: count}): a problem for each file that
+    cannot be decoded, has an unconvertible mode, or whose (H, W, C) differs
+    from ``shape`` (its row of ``images`` is then zeros).
   """
-  out = np.empty((len(paths),) + tuple(shape), dtype=np.uint8)
+  out = np.zeros((len(paths),) + tuple(shape), dtype=np.uint8)
+  problems, converted = [], {}
   for i, path in enumerate(paths):
-    pixels = _decode_file(path)
+    pixels, mode, problem = _decode_checked(path)
+    if problem:
+      problems.append(problem)
+      continue
+    if mode:
+      converted[mode] = converted.get(mode, 0) + 1
     if pixels.shape != tuple(shape):
-      raise ValueError(
-          f"All images must have the same size: {path} is "
-          f"{pixels.shape[1]}x{pixels.shape[0]} (shape {pixels.shape}), "
-          f"expected shape {tuple(shape)} (H, W, C).")
+      problems.append(
+          f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels but the "
+          f"images are {shape[1]}x{shape[0]} (the size of the first one): "
+          "resize it to that size or remove it.")
+      continue
     out[i] = pixels
-  return out
+  return out, problems, converted
 
 
 def _cpu_count() -> int:
@@ -321,6 +417,8 @@ def _cpu_count() -> int:
 def _decode_all(paths: Sequence[str], shape: tuple,
                 num_workers: int | None) -> np.ndarray:
   """Decodes many files, in parallel processes when that pays off.
+
+  Returns what `_decode_files` returns, for all of `paths`.
 
   PIL's per-file Python overhead holds the GIL, so threads are slower than a
   serial loop (measured); processes scale. The pool uses the "spawn" start
@@ -343,7 +441,12 @@ def _decode_all(paths: Sequence[str], shape: tuple,
   except futures_process.BrokenProcessPool as e:
     _log.warning("Decoding pool failed (%s); decoding serially.", e)
     return _decode_files(paths, shape)
-  return np.concatenate(parts)
+  converted = {}
+  for _, _, part in parts:
+    for mode, count in part.items():
+      converted[mode] = converted.get(mode, 0) + count
+  return (np.concatenate([images for images, _, _ in parts]),
+          [p for _, problems, _ in parts for p in problems], converted)
 
 
 def _channel_stats(images: np.ndarray) -> tuple[tuple, tuple]:
@@ -368,11 +471,25 @@ def _load_image_folder(root: str, *,
                        num_workers: int | None) -> InMemoryDataset:
   """Loads ``root/{train,test}/<class>/*`` (see :func:`load_dataset`)."""
   class_names = _class_names(root)
-  train_paths, train_labels = _list_split(root, "train", class_names)
-  test_paths, test_labels = _list_split(root, "test", class_names)
-  # The first image fixes the size every other image must have.
-  shape = _decode_file(train_paths[0]).shape
-  images = _decode_all(train_paths + test_paths, shape, num_workers)
+  train_paths, train_labels, problems = _list_split(root, "train", class_names)
+  test_paths, test_labels, test_problems = _list_split(root, "test", class_names)
+  what = f"Image folder dataset {root}"
+  _raise_problems(what, problems + test_problems)
+  # The first decodable image fixes the size every other image must have.
+  shape = None
+  for path in train_paths + test_paths:
+    pixels, _, problem = _decode_checked(path)
+    if problem is None:
+      shape = pixels.shape
+      break
+  if shape is None:
+    _raise_problems(what, [_decode_checked(p)[2] for p in train_paths + test_paths])
+  images, problems, converted = _decode_all(train_paths + test_paths, shape,
+                                            num_workers)
+  _raise_problems(what, problems)
+  if converted:
+    _log.info("%s: converted %s to RGB (alpha, if any, dropped).", what,
+              ", ".join(f"{n} {mode} image(s)" for mode, n in sorted(converted.items())))
   train_images, test_images = images[:len(train_paths)], images[len(train_paths):]
 
   if class_names == CIFAR10_CLASS_NAMES:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
+import signal
 import threading
 import time
 from typing import Any, Callable, Iterator, NamedTuple
@@ -93,7 +95,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
 
 
 def make_train_step_body(method_step: methods.base.StepFn, tx, mean, std,
-                         schedule) -> Callable:
+                         schedule, *, nonfinite_metric: bool = False) -> Callable:
   """Per-device train step: (state, images uint8, labels) -> (state, metrics).
 
   Written like a pmap body: it runs on one device's shard of the batch under
@@ -102,6 +104,12 @@ def make_train_step_body(method_step: methods.base.StepFn, tx, mean, std,
   the 'data' axis, updates the parameters, and averages the metrics over
   devices, so they describe the global batch. Nothing here depends on which
   method runs.
+
+  A step whose metrics, averaged gradient or updated parameters are not all
+  finite leaves the parameters, optimizer state and BN statistics as they
+  were (only `step` advances). With `nonfinite_metric` (the trainer sets it)
+  the metrics also hold 'nonfinite': float32 0 for a normal step, else the
+  `nonfinite_code` of what was not finite.
   """
 
   def body(state: TrainState, images_uint8, labels):
@@ -119,12 +127,45 @@ def make_train_step_body(method_step: methods.base.StepFn, tx, mean, std,
     params = optax.apply_updates(state.params, updates)
     metrics = dict(out.metrics, learning_rate=schedule(state.step))
     metrics = jax.lax.pmean(metrics, AXIS)
+    # The metrics, the gradient and the new parameters are the same on every
+    # device (after the pmeans), so every device takes the same decision
+    # without another collective. A non-finite step keeps the old parameters,
+    # optimizer state and BN statistics (only the step counter moves on), so
+    # a NaN never reaches the state; the host reads `nonfinite` with the
+    # other metrics and stops or counts the skip (`nonfinite_code`).
+    code = nonfinite_code(metrics, grads, params)
+    finite = code == 0
+    keep_if_finite = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state,
-        batch_stats=jax.tree.map(lambda x: x[None], out.batch_stats))
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        batch_stats=keep_if_finite(
+            jax.tree.map(lambda x: x[None], out.batch_stats), state.batch_stats))
+    if nonfinite_metric:
+      metrics = dict(metrics, nonfinite=code)
     return new_state, metrics
 
   return body
+
+
+# `nonfinite` metric values: what was found non-finite first.
+NONFINITE_WHAT = {1.0: "a metric", 2.0: "the gradient", 3.0: "the updated parameters"}
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def nonfinite_code(metrics, grads, params) -> jax.Array:
+  """float32 scalar: 0 when everything is finite, else 1 (a metric, e.g. the
+  loss), 2 (the gradient) or 3 (the updated parameters), the first found."""
+  return jnp.select(
+      [~_all_finite(metrics), ~_all_finite(grads), ~_all_finite(params)],
+      [jnp.float32(1), jnp.float32(2), jnp.float32(3)], jnp.float32(0))
 
 
 def make_method_step(config, model, loss_fn, num_classes: int, mean,
@@ -216,8 +257,17 @@ def to_checkpoint_state(state: TrainState) -> TrainState:
   float32 copies on the host could change the last bit and break exact
   resumption).
   """
-  state = jax.device_get(state)
+  state = jax.tree.map(_local_value, state)
   return state.replace(batch_stats=jax.tree.map(lambda x: x[0], state.batch_stats))
+
+
+def _local_value(x) -> np.ndarray:
+  """A host copy of `x`; for an array spanning other processes' devices (a
+  multi-process run), this process's first shard: the whole value for a
+  replicated array, device 0's copy (leading axis 1) for per-device ones."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(jax.device_get(x))
 
 
 def init_state(config, model, tx, image_shape) -> TrainState:
@@ -253,7 +303,8 @@ def create_components(config, mesh, *, num_classes: int, mean, std,
   tx = create_optimizer(config, schedule)
   loss_fn = LOSS_FNS[config.loss]
   method_step = make_method_step(config, model, loss_fn, num_classes, mean, std)
-  body = make_train_step_body(method_step, tx, mean, std, schedule)
+  body = make_train_step_body(method_step, tx, mean, std, schedule,
+                              nonfinite_metric=True)
   return Components(model, schedule, tx, loss_fn, make_train_step(body, mesh),
                     make_eval_step(model, loss_fn, num_classes, mean, std, mesh),
                     make_average_batch_stats(mesh))
@@ -410,12 +461,272 @@ def evaluate(eval_step, state: TrainState, data, config, sharding) -> dict:
           "accuracy": totals["correct"] / totals["count"]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+# --- Failures: what stops a run, and how ------------------------------------------------
+
+# Fields a resumed run must share with the run that wrote the workdir (its
+# config.json); everything else (steps, eval/checkpoint frequency, ...) may
+# change between runs.
+RESUME_FIXED_FIELDS = ("method", "model.name", "model.width", "dataset.name",
+                       "batch_size")
+PREEMPTION_DIRNAME = "preemption"
+
+
+class NonFiniteError(FloatingPointError):
+  """A train step's loss, metrics, gradient or parameters were not finite.
+
+  Attributes:
+    step: the (first) step concerned.
+  """
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
+class WorkdirMismatchError(ValueError):
+  """The workdir holds a run with other settings than the requested one."""
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT stopped training after saving a checkpoint.
+
+  Rerunning the same command resumes from `step` exactly.
+
+  Attributes:
+    step: the step saved.
+    signal_name: e.g. "SIGTERM".
+  """
+
+  def __init__(self, step: int, signal_name: str, workdir: str):
+    super().__init__(
+        f"{signal_name}: stopped after step {step} and saved it in "
+        f"{os.path.join(workdir, 'checkpoints')}; rerun the same command to "
+        "resume.")
+    self.step = step
+    self.signal_name = signal_name
+
+
+def _field(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, (dict, ml_collections.ConfigDict)) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def check_resume_config(config, workdir: str) -> None:
+  """Stops a resume whose config differs from the workdir's in a fixed field.
+
+  Compares `RESUME_FIXED_FIELDS` with `<workdir>/config.json` (written by
+  the run that made the checkpoints); nothing to compare when it is absent.
+
+  Raises:
+    WorkdirMismatchError: listing each differing field with the saved and the
+      requested value, and the two ways out.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as error:
+    logging.warning("Cannot read %s (%s); not comparing the configs.", path,
+                    error)
+    return
+  saved_dir = _field(saved, "dataset.data_dir")
+  if saved_dir is not None and saved_dir != config.dataset.data_dir:
+    # Data may move between machines; the fixed fields and the checkpoint's
+    # shapes (number of classes) still guard against another dataset.
+    logging.warning("config.dataset.data_dir is %r; the run in %s used %r.",
+                    config.dataset.data_dir, workdir, saved_dir)
+  differences = [(field, _field(saved, field), _field(config, field))
+                 for field in RESUME_FIXED_FIELDS]
+  differences = [(f, a, b) for f, a, b in differences
+                 if a is not None and a != b]
+  if not differences:
+    return
+  lines = "; ".join(f"config.{f}: saved {a!r}, requested {b!r}"
+                    for f, a, b in differences)
+  same = " ".join(f"--config.{f}={a}" for f, a, _ in differences)
+  raise WorkdirMismatchError(
+      f"The workdir {workdir} holds checkpoints of a run with other settings "
+      f"({lines}). Either resume that run with its settings ({same}), or "
+      "pass a new --workdir to start this one. (May change on resume: "
+      "num_epochs, num_train_steps, eval/checkpoint/log frequency, ...)")
+
+
+def _describe_nonfinite(code: float, metrics: dict) -> str:
+  """e.g. "the metric 'loss' (nan)" for a step's host metrics."""
+  if code == 1.0:
+    names = ["loss"] + sorted(k for k in metrics if k not in ("loss", "nonfinite"))
+    for name in names:
+      if name in metrics and not np.isfinite(metrics[name]):
+        return f"the metric {name!r} ({metrics[name]})"
+  return NONFINITE_WHAT.get(code, "a value")
+
+
+class _StopSignals:
+  """SIGTERM and SIGINT -> finish the current step, save, stop.
+
+  One process: a handler records the first signal (later ones are counted
+  and otherwise ignored, so a second Ctrl-C cannot interrupt the save). Several
+  processes: they must stop at the same step, so SIGTERM is left to JAX's
+  preemption service (`reached_preemption_sync_point`, which agrees on a
+  step across processes) and SIGINT is forwarded to it as a SIGTERM.
+  Handlers are installed only in the main thread, and `close` restores the
+  previous ones.
+  """
+
+  def __init__(self, enabled: bool):
+    self.signal_name = None
+    self.count = 0
+    self._previous = {}
+    self._multi_process = jax.process_count() > 1
+    if not enabled or threading.current_thread() is not threading.main_thread():
+      return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      if self._multi_process and signum == signal.SIGTERM:
+        continue
+      self._previous[signum] = signal.signal(signum, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    # Only records: the loop logs and acts between steps.
+    self.count += 1
+    if self.signal_name is None:
+      self.signal_name = signal.Signals(signum).name
+      if self._multi_process:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to stop after `step`; every process gets the same answer."""
+    if self._multi_process:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        stop = multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # The preemption service is disabled.
+        return False
+      if stop and self.signal_name is None:
+        self.signal_name = "SIGTERM"
+      return stop
+    return self.signal_name is not None
+
+  def close(self) -> None:
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
+
+
+def _preemption_paths(workdir: str, step: int) -> tuple:
+  directory = os.path.join(workdir, PREEMPTION_DIRNAME)
+  return (directory,
+          os.path.join(directory, f"step_{step}.process_{jax.process_index()}.npz"),
+          os.path.join(directory, f"step_{step}.metrics.json"))
+
+
+def _local_mesh_devices(mesh) -> list:
+  return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+
+
+def _save_preemption_extras(workdir: str, step: int, state: TrainState, mesh,
+                            window: list) -> None:
+  """What a checkpoint lacks for an exact resume mid-way between averaging
+  points: each device's own BN running statistics (the checkpoint holds
+  their mean) and the metrics of the log window so far. Written before the
+  checkpoint, atomically; a resume from another step ignores them."""
+  directory, stats_path, metrics_path = _preemption_paths(workdir, step)
+  os.makedirs(directory, exist_ok=True)
+  for name in os.listdir(directory):  # Older preemptions' files.
+    if not name.startswith(f"step_{step}."):
+      if jax.process_index() == 0 or f"process_{jax.process_index()}." in name:
+        try:
+          os.remove(os.path.join(directory, name))
+        except FileNotFoundError:
+          pass
+  local = _local_mesh_devices(mesh)
+  arrays = {"device_ids": np.asarray([d.id for d in local])}
+  for index, leaf in enumerate(jax.tree.leaves(state.batch_stats)):
+    by_device = {shard.device.id: np.asarray(shard.data)
+                 for shard in leaf.addressable_shards}
+    arrays[f"leaf_{index}"] = np.concatenate([by_device[d.id] for d in local])
+  tmp = stats_path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, stats_path)
+  if jax.process_index() == 0:
+    tmp = metrics_path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"step": step, "window": window}, f)
+    os.replace(tmp, metrics_path)
+
+
+def _load_preemption_extras(workdir: str, step: int, batch_stats, mesh):
+  """(per-device BN leaves or None, metric window or []) saved at `step`."""
+  _, stats_path, metrics_path = _preemption_paths(workdir, step)
+  leaves, window = None, []
+  if os.path.exists(stats_path):
+    local = _local_mesh_devices(mesh)
+    try:
+      with np.load(stats_path) as saved:
+        templates = jax.tree.leaves(batch_stats)
+        loaded = [saved[f"leaf_{i}"] for i in range(len(templates))]
+        same_devices = list(saved["device_ids"]) == [d.id for d in local]
+      if same_devices and all(
+          x.shape == (len(local),) + np.shape(t) for x, t in zip(loaded, templates)):
+        leaves = loaded
+      else:
+        logging.warning("%s was written on other devices; resuming with the "
+                        "devices' mean BN statistics (not bit-exact).", stats_path)
+    except (OSError, ValueError, KeyError) as error:
+      logging.warning("Cannot read %s (%s); resuming with the devices' mean BN "
+                      "statistics (not bit-exact).", stats_path, error)
+  if os.path.exists(metrics_path):
+    try:
+      with open(metrics_path) as f:
+        window = json.load(f)["window"]
+    except (OSError, ValueError, KeyError) as error:
+      logging.warning("Cannot read %s (%s).", metrics_path, error)
+  return leaves, window
+
+
+def _with_device_batch_stats(state: TrainState, leaves, mesh) -> TrainState:
+  """`state` with its per-device BN statistics set from host rows (this
+  process's devices, in mesh order)."""
+  local = _local_mesh_devices(mesh)
+  sharding = NamedSharding(mesh, P(AXIS))
+  arrays = [jax.make_array_from_single_device_arrays(
+      (mesh.devices.size,) + rows.shape[1:], sharding,
+      [jax.device_put(rows[i:i + 1], d) for i, d in enumerate(local)])
+            for rows in leaves]
+  treedef = jax.tree.structure(state.batch_stats)
+  return state.replace(batch_stats=jax.tree.unflatten(treedef, arrays))
+
+
+# --- The loop ----------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       handle_signals: bool = True) -> dict:
   """Trains per `config`, evaluating and checkpointing in `workdir`.
 
-  Resumes automatically from the latest checkpoint in `workdir`. Writes
-  `metrics.jsonl`, TensorBoard summaries and, at the end, `summary.json`
-  with the best and median-of-last-10 test accuracy.
+  Resumes automatically from the latest intact checkpoint in `workdir`.
+  Writes `metrics.jsonl`, TensorBoard summaries and, at the end,
+  `summary.json` with the best and median-of-last-10 test accuracy.
+
+  What stops a run, and how (nothing is lost in any case):
+
+  * A step with a non-finite loss, metric, gradient or parameter never
+    updates the state. `config.nonfinite="stop"`: NonFiniteError naming the
+    step, the method and what was not finite; nothing after it is saved, so
+    the latest checkpoint is the last good one. "skip": the step is skipped
+    and counted (`skipped_steps` in the train records); NonFiniteError after
+    `nonfinite_max_skips` in a row. Checked on the host where it reads the
+    metrics anyway (log, eval and checkpoint steps).
+  * SIGTERM/SIGINT (`handle_signals`, main thread only): the current step
+    finishes, is saved (with what an exact resume needs) and Preempted is
+    raised; rerunning resumes bit-exactly.
+  * A broken latest checkpoint: a warning naming it, it is moved to
+    `checkpoints/broken/`, and training resumes from the newest intact one.
 
   Returns:
     The summary dict.
@@ -423,9 +734,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Raises:
     ValueError: on an invalid config (naming the field), or a batch size
       not divisible by the device count.
+    WorkdirMismatchError: `workdir` holds a run of another method, model,
+      dataset or batch size.
     FileNotFoundError: when the dataset is not available offline.
+    NonFiniteError, Preempted: see above.
+    checkpointing.CheckpointError: no checkpoint in `workdir` can be read.
   """
   config_lib.validate_config(config)
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    if checkpointer.all_steps():
+      check_resume_config(config, workdir)
+    return _train(config, workdir, checkpointer, handle_signals)
+  finally:
+    # Also on an interruption: let a pending asynchronous save finish, so that
+    # the checkpoint directory is never left half-written by this process.
+    checkpointer.close()
+
+
+def _train(config, workdir: str, checkpointer, handle_signals: bool) -> dict:
   data = input_pipeline.load_dataset(config.dataset.name,
                                      config.dataset.data_dir or None)
   info = data.info
@@ -448,14 +775,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             steps_per_epoch=steps_per_epoch)
   schedule = parts.schedule
 
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   state = jax.device_get(jax.jit(
       lambda: init_state(config, parts.model, parts.tx, info.image_shape))())
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
+    if checkpointer.broken_steps:
+      checkpointer.set_aside_broken()
     logging.info("Resumed from step %d in %s", int(state.step), workdir)
   start_step = int(state.step)
+  device_stats, window = (None, [])
+  if start_step:
+    device_stats, window = _load_preemption_extras(
+        workdir, start_step, state.batch_stats, mesh)
   state = to_device_state(state, mesh)
+  if device_stats is not None:
+    state = _with_device_batch_stats(state, device_stats, mesh)
+    logging.info("Resumed the devices' own BN statistics of step %d.", start_step)
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
                                     enabled=is_chief)
@@ -466,29 +801,87 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                config.method, config.model.name, config.dataset.name, total_steps,
                steps_per_epoch, len(devices), start_step)
 
+  skip = config.nonfinite == "skip"
+  # Host copies of the metrics of the steps since the last train record
+  # (`window`, carried over a preemption) and the device metrics not yet
+  # checked for non-finite values (`unchecked`).
+  unchecked: list = []
+  consecutive_skips = 0
+  last_saved = checkpointer.latest_step()
+
+  def check_nonfinite() -> None:
+    """Fetches the unchecked steps' metrics: the one host read per window."""
+    nonlocal consecutive_skips
+    fetched = jax.device_get([m for _, m in unchecked])  # one transfer
+    for (step, _), host_metrics in zip(unchecked, fetched):
+      host = {k: float(v) for k, v in host_metrics.items()}
+      window.append(host)
+      code = host["nonfinite"]
+      if not code:
+        consecutive_skips = 0
+        continue
+      what = _describe_nonfinite(code, host)
+      saved = (f"checkpoint {last_saved} in {checkpointer.directory} is the "
+               "latest and rerunning resumes from it" if last_saved is not None
+               else "no checkpoint was written, so rerunning starts from step 0")
+      fix = ("Lower config.learning_rate (the learning rate of step "
+             f"{step} was {host.get('learning_rate', float('nan')):g}) or check "
+             "the data")
+      if not skip:
+        raise NonFiniteError(
+            f"Step {step} of {config.method} ({config.model.name} on "
+            f"{config.dataset.name}) is not finite: {what}. Nothing after the "
+            f"last good checkpoint was saved: {saved}. {fix}; or pass "
+            "--config.nonfinite=skip to skip such steps.", step)
+      consecutive_skips += 1
+      logging.warning("Step %d skipped: %s is not finite.", step, what)
+      if consecutive_skips >= config.nonfinite_max_skips:
+        raise NonFiniteError(
+            f"{consecutive_skips} steps in a row (to step {step}) of "
+            f"{config.method} were not finite ({what}) and were skipped "
+            f"(config.nonfinite_max_skips={config.nonfinite_max_skips}); "
+            f"{saved}. {fix}.", step)
+    unchecked.clear()
+
+  def train_record() -> dict:
+    """The window's mean metrics (skip mode: over the steps not skipped)."""
+    used = [m for m in window if not m["nonfinite"]] if skip else window
+    keys = [k for k in window[0] if k != "nonfinite"]
+    # All skipped: the mean over them (NaN losses, but a learning rate).
+    record = {k: float(np.mean([m[k] for m in used or window])) for k in keys}
+    if skip:
+      record["skipped_steps"] = len(window) - len(used)
+    return record
+
+  stops = _StopSignals(handle_signals)
   progress = metrics_lib.ProgressBar(total_steps, start_step, enabled=is_chief)
   batches = prefetch(train_iterator(data, config, start_step, steps_per_epoch))
   try:
     # Steps/s counts only the steps timed since `window_start` (eval and
     # checkpoint time excluded).
-    pending, window_start, window_steps = [], time.perf_counter(), 0
+    window_start, window_steps = time.perf_counter(), 0
     for step in range(start_step + 1, total_steps + 1):
       images, labels = _global_batch(next(batches), batch_sharding)
       state, step_metrics = parts.train_step(state, images, labels)
-      pending.append(step_metrics)
+      unchecked.append((step, step_metrics))
       window_steps += 1
       last = step == total_steps
-      if step % config.log_every_steps == 0 or last:
-        record = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
+      log_now = step % config.log_every_steps == 0 or last
+      evaluate_now = step % eval_every == 0 or last
+      checkpoint_now = step % checkpoint_every == 0 or last
+      stop_now = not last and stops.should_stop(step)
+      if log_now or evaluate_now or checkpoint_now or stop_now:
+        check_nonfinite()
+      if log_now:
+        record = train_record()
         record["steps_per_second"] = window_steps / (time.perf_counter() - window_start)
         writer.write({"step": step, "epoch": step / steps_per_epoch, "split": "train",
                       **record})
         progress.update(step, record)
-        pending, window_start, window_steps = [], time.perf_counter(), 0
+        window.clear()
+        window_start, window_steps = time.perf_counter(), 0
       else:
         progress.update(step)
-      evaluate_now = step % eval_every == 0 or last
-      checkpoint_now = step % checkpoint_every == 0 or last
       if evaluate_now or checkpoint_now:
         # Same averaging points in every run => a resumed run stays exact.
         state = parts.average_batch_stats(state)
@@ -497,19 +890,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write({"step": step, "epoch": step / steps_per_epoch, "split": "test",
                       "learning_rate": float(schedule(step - 1)), **result})
         progress.update(step, {"test_accuracy": result["accuracy"]})
-      if checkpoint_now:
+      if stop_now and not checkpoint_now:
+        # The checkpoint needs the devices' mean BN statistics, an averaging
+        # an uninterrupted run does not do here: keep each device's own for
+        # the resumed run first.
+        _save_preemption_extras(workdir, step, state, mesh, window)
+        state = parts.average_batch_stats(state)
+      if checkpoint_now or stop_now:
         checkpointer.save(step, to_checkpoint_state(state))
+        last_saved = step
+      if stop_now:
+        checkpointer.wait()
+        logging.warning("%s received: saved step %d; rerun the same command to "
+                        "resume.", stops.signal_name, step)
+        raise Preempted(step, stops.signal_name, workdir)
       if evaluate_now or checkpoint_now:
         jax.block_until_ready(state)
         window_start, window_steps = time.perf_counter(), 0
   finally:
-    # Also on an interruption: let a pending asynchronous save finish, so that
-    # the checkpoint directory is never left half-written by this process.
     batches.close()
     progress.close()
-    checkpointer.close()
+    # Waits for a save in flight (a second signal meanwhile is only counted).
+    checkpointer.wait()
     writer.close()
+    stops.close()
 
+  if is_chief:
+    shutil.rmtree(os.path.join(workdir, PREEMPTION_DIRNAME), ignore_errors=True)
   summary = metrics_lib.summarize(metrics_lib.read_metrics(workdir))
   summary.update(method=config.method, model=config.model.name,
                  dataset=config.dataset.name, total_steps=total_steps)

@@ -100,7 +100,7 @@ def _write_folder(root, classes=("cat", "dog", "emu"), per_class=(3, 2),
                       else pixels)
         labels.append(label)
     expected[split] = (np.stack(images), np.array(labels))
-  (root / "train" / "cat" / "notes.txt").write_text("not an image")
+  (root / "train" / "cat" / ".notes.txt").write_text("hidden: ignored")
   return expected
 
 
