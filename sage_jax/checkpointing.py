@@ -109,6 +109,14 @@ class Checkpointer:
           enable_async_checkpointing=True,
       )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # Orbax removes the leftover temporary directories in a background thread
+    # and only waits for it at the first save. Waiting here keeps that file
+    # system work from overlapping whatever runs next (data loading, and in
+    # tests tfds's mock file system, which redirects every path while it
+    # builds a dataset and made the thread fail).
+    await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
     # Steps the last `restore()` of the latest checkpoint found broken,
     # newest first, each with its error.
     self.broken_steps: list[tuple[int, str]] = []
