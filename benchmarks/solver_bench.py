@@ -1,7 +1,8 @@
-"""Energy and speed of the Puzzle Mix mask solver against gco's α-β swap.
+"""Energy and speed of the Puzzle Mix and Co-Mixup mask solvers against gco's α-β swap.
 
     pip install gco-wrapper        # the oracle (3.0.9 tested); only this script imports it
     python benchmarks/solver_bench.py --image_folder=DIR [--cases 2048] [--batch 128]
+    python benchmarks/solver_bench.py --image_folder=DIR --problem co_mixup [--cases 2010]
 
 DIR holds one subfolder of images per class (e.g. CIFAR-10's test split as
 JPEG/PNG files); images are read in sorted order, at most
@@ -20,11 +21,26 @@ batch) and λ ~ U(0, 1) per case; the energy terms from
   case on the host; cases where gco's own ×1e5 scaling overflows int32 are
   skipped and counted, docs/baselines.md §3.4),
 
-and prints, per n: the cases, the share where our float energy is ≤ gco's +
+(``--problem puzzle_mix``, the default) and prints, per n: the cases, the share where our float energy is ≤ gco's +
 1e-6, the share strictly better, the mean and worst relative gap
 (E_ours - E_gco)/|E_gco| (positive = worse), and milliseconds per batch
 (median over `--repeats` calls after a compile call; wall and process CPU
 time) of our solver and of gco (wall) over the same batch.
+
+``--problem co_mixup`` builds Co-Mixup's per-output subproblems
+(docs/baselines.md §4.3: 4×4 blocks, 20 inputs per chunk, β' = 0.32/16,
+γ' = 1/16, η' = 0.05/16, τ' = 13.28, ω = 0.001) from the same saliency: per
+case 20 random images, c_k = −(8×8 block means, summing to 1), α ~
+Dirichlet(2·1), a random symmetric compatibility Â, the other 19 outputs
+labelled at random (half uniformly, half with 1-3 inputs each), the
+thresholded modular penalty, and 0 / 1 / 3 half-half labels (L = 20 / 21 /
+23) in turn. gco gets each case as the release passes it (float32, its own
+L); ours gets batches of `--co_mixup_batch` (5, the chunks of one device)
+with L = 23 and unused labels at `grid_mrf.DISABLED_UNARY`, route "moves".
+It prints the share of cases ≤ gco + 1e-6, strictly lower, the mean and
+worst relative gap, our ms per call (wall / process CPU, median) and per
+training step (80 sequential calls: 4 sweeps × 20 outputs), and gco's ms
+per call (one problem, wall).
 """
 from __future__ import annotations
 
@@ -130,6 +146,116 @@ def gco_swap(unary, weight_vertical, weight_horizontal, table, n):
   return labels, overflow, time.perf_counter() - start
 
 
+CO_MIXUP = dict(inputs=20, max_labels=23, beta=0.32 / 16, gamma=1.0 / 16,
+                eta=0.05 / 16, tau=0.83 * 16, omega=0.001, mix_bonus=5e-4,
+                calls_per_step=80)
+
+
+def co_mixup_cases(saliency: np.ndarray, num_cases: int, seed: int):
+  """[(float64 unary (4, 4, L), table (L, L))], L = 20, 21, 23 in turn."""
+  c = CO_MIXUP
+  k = c["inputs"]
+  rng = np.random.default_rng(seed)
+  pooled = saliency.astype(np.float64).reshape(-1, 4, 8, 4, 8).mean(axis=(2, 4))
+  pooled = pooled / pooled.sum(axis=(1, 2), keepdims=True)
+  cases = []
+  for case in range(num_cases):
+    index = rng.choice(len(saliency), k, replace=False)
+    alpha = rng.dirichlet(2.0 * np.ones(k))
+    cost = -pooled[index] - c["eta"] * np.log(alpha + 1e-8)[:, None, None]
+    a_hat = rng.uniform(0.0, 1.0, (k, k))
+    a_hat = a_hat + a_hat.T
+    np.fill_diagonal(a_hat, 0.0)
+    compat = (1 - c["omega"]) * np.eye(k) + c["omega"] * a_hat / a_hat.sum() * k
+    if rng.uniform() < 0.5:
+      others = rng.integers(0, k, (k - 1, 16))
+    else:
+      others = np.stack([rng.choice(rng.choice(k, rng.integers(1, 4), replace=False), 16)
+                         for _ in range(k - 1)])
+    counts = np.bincount(others.ravel(), minlength=k).astype(np.float64)
+    over = (compat @ counts > c["tau"]).astype(np.float64)
+    penalty = 2 * c["gamma"] * (over[None, :] * compat) @ counts
+    plain = np.moveaxis(cost + penalty[:, None, None], 0, -1)
+    num_mixed = (0, 1, 3)[case % 3]
+    if num_mixed == 1:
+      pairs = [tuple(rng.choice(k, 2, replace=False))]
+    elif num_mixed == 3:
+      a, b, d = rng.choice(k, 3, replace=False)
+      pairs = [(a, b), (a, d), (b, d)]
+    else:
+      pairs = []
+    table = 1.0 - np.eye(k + num_mixed)
+    mixed = [0.5 * (plain[..., i] + plain[..., j]) - c["mix_bonus"] for i, j in pairs]
+    unary = np.concatenate([plain] + [m[..., None] for m in mixed], axis=-1)
+    for q, pair in enumerate(pairs):
+      for member in pair:
+        table[k + q, member] = table[member, k + q] = 0.25
+    cases.append((np.ascontiguousarray(unary), table))
+  return cases
+
+
+def co_mixup_padded(cases):
+  """float32 (N, 4, 4, 23) unaries (unused labels disabled), (N, 23, 23) tables."""
+  size = CO_MIXUP["max_labels"]
+  unary = np.full((len(cases), 4, 4, size), grid_mrf.DISABLED_UNARY, np.float32)
+  tables = np.ones((len(cases), size, size), np.float32)
+  for b, (u, table) in enumerate(cases):
+    unary[b, ..., :u.shape[-1]] = u
+    tables[b, :u.shape[-1], :u.shape[-1]] = table
+    tables[b, np.arange(size), np.arange(size)] = 0.0
+  return unary, tables
+
+
+def co_mixup_energy(labels, unary, table):
+  """float64 energy of a (4, 4) labelling of the float32-rounded case."""
+  beta = CO_MIXUP["beta"]
+  unary = np.asarray(unary, np.float32).astype(np.float64)
+  table = np.asarray(table, np.float32).astype(np.float64)
+  data = np.take_along_axis(unary, labels[..., None], -1).sum()
+  pairs = table[labels[:-1], labels[1:]].sum() + table[labels[:, :-1], labels[:, 1:]].sum()
+  return data + np.float64(np.float32(beta)) * pairs
+
+
+def co_mixup_table(args, saliency):
+  """Prints the Co-Mixup comparison (see the module docstring)."""
+  import gco  # pylint: disable=g-import-not-at-top  (benchmark-only oracle)
+  beta = np.float32(CO_MIXUP["beta"])
+  cases = co_mixup_cases(saliency, args.cases, args.seed)
+  start = time.perf_counter()
+  gco_labels = [np.asarray(gco.cut_grid_graph(
+      np.ascontiguousarray(u, np.float32), np.ascontiguousarray(t, np.float32),
+      np.full((3, 4), beta, np.float32), np.full((4, 3), beta, np.float32),
+      algorithm="swap")).reshape(4, 4) for u, t in cases]
+  gco_ms = 1e3 * (time.perf_counter() - start) / len(cases)
+  unary, tables = co_mixup_padded(cases)
+  batch = args.co_mixup_batch
+  pad = -len(cases) % batch
+  unary = np.concatenate([unary, np.repeat(unary[:1], pad, 0)])
+  tables = np.concatenate([tables, np.repeat(tables[:1], pad, 0)])
+  vertical = np.full((batch, 3, 4), beta, np.float32)
+  horizontal = np.full((batch, 4, 3), beta, np.float32)
+  solver = jax.jit(lambda u, t: grid_mrf.solve_grid_mrf(u, t, vertical, horizontal,
+                                                        method="moves"))
+  ours_ms = time_ms(solver, (unary[:batch], tables[:batch]), args.repeats)
+  labels = np.concatenate([np.asarray(solver(unary[i:i + batch], tables[i:i + batch]))
+                           for i in range(0, len(unary), batch)])[:len(cases)]
+  ours = np.array([co_mixup_energy(l, u, t) for l, (u, t) in zip(labels, cases)])
+  theirs = np.array([co_mixup_energy(l, u, t) for l, (u, t) in zip(gco_labels, cases)])
+  gap = (ours - theirs) / np.abs(theirs)
+  steps = CO_MIXUP["calls_per_step"]
+  print(f"Co-Mixup subproblems (4×4, L = 20/21/23 padded to 23, route 'moves', batch {batch})")
+  print(f"{'cases':>6} {'≤ gco':>8} {'better':>7} {'mean gap':>10} {'worst gap':>10} "
+        f"{'> 0.5%':>7} {'ours ms':>8} {'ours cpu':>8} {'ms/step':>8} {'gco ms':>7}")
+  print(f"{len(cases):>6} {100 * np.mean(ours <= theirs + 1e-6):>7.2f}% "
+        f"{100 * np.mean(ours < theirs - 1e-6):>6.2f}% {gap.mean():>10.2e} "
+        f"{gap.max():>10.2e} {int(np.sum(gap > 0.005)):>7} {ours_ms[0]:>8.2f} "
+        f"{ours_ms[1]:>8.2f} {steps * ours_ms[0]:>8.1f} {gco_ms:>7.3f}")
+  print(f"\ngap = (E_ours - E_gco)/|E_gco| on the float energy (positive: ours "
+        f"worse); '≤ gco' allows +1e-6; '> 0.5%': cases worse than gco by more than "
+        f"0.5%; ours: ms per call of {batch} problems (median wall / process CPU) "
+        f"and per step of {steps} sequential calls; gco: ms per problem (wall).")
+
+
 def time_ms(fn, args, repeats):
   """(wall, process CPU) ms per call, medians after a compile call.
 
@@ -155,6 +281,9 @@ def main():
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--block_nums", type=int, nargs="+", default=[2, 4, 8, 16])
   parser.add_argument("--method", default="auto", choices=grid_mrf.METHODS)
+  parser.add_argument("--problem", default="puzzle_mix", choices=("puzzle_mix", "co_mixup"))
+  parser.add_argument("--co_mixup_batch", type=int, default=5,
+                      help="problems per solver call for --problem co_mixup")
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
@@ -169,6 +298,9 @@ def main():
   saliency = model_saliency(images, labels, args.batch)
   pixels = images.astype(np.float32) / 255.0
   print(f"{len(images)} images; saliency from a random PreActResNet8 (w16, eval mode)")
+  if args.problem == "co_mixup":
+    co_mixup_table(args, saliency)
+    return
   batches = -(-args.cases // args.batch)
   rng = np.random.default_rng(args.seed)
 

@@ -13,9 +13,11 @@ and images/s with the projected hours for 300 CIFAR-10 epochs. Then, in a subpro
 host) devices, the number of cross-device collectives in the compiled SAGE
 step and the vanilla step (SAGE must add none). It also times SaliencyMix's
 device saliency (`augment.fine_grained_saliency`) of the whole batch and of
-the one image a step needs, and Puzzle Mix's mixing (mask energy, solver and
-transport) of the whole batch at each block count n, as shares of the vanilla
-step.
+the one image a step needs, Puzzle Mix's mixing (mask energy, solver and
+transport) of the whole batch at each block count n, and Co-Mixup's mixing
+(the joint labelling of every chunk and the mix), as shares of the vanilla
+step. Co-Mixup mixes chunks of 20 images (the release's setting at batch
+100); at a batch that 20 does not divide, the largest divisor below 20.
 
 With --table the batch defaults to the paper's 100 and it also prints (and
 with --table_out writes) this machine's analogue of Table 3 of the paper's
@@ -79,8 +81,21 @@ PAPER_T4_HOURS = {("sage sampled" if name == "sage" else name): hours
                   for name, hours in published.T4_HOURS["cifar10"][1].items()}
 
 
-def make_config(method: str, overrides: dict, args):
+def fitting_chunk_size(per_device_batch: int, chunk_size: int = 20) -> int:
+  """Co-Mixup's chunk: `chunk_size` (the release's 20) when it divides the
+  per-device batch, else the largest divisor of that batch below it (batch
+  128 -> 16); the batch-100 runs of the paper keep 20."""
+  fitting = [d for d in range(2, chunk_size + 1) if per_device_batch % d == 0]
+  if not fitting:
+    raise ValueError(f"co_mixup needs a per-device batch with a divisor in "
+                     f"[2, {chunk_size}]; got {per_device_batch}.")
+  return fitting[-1]
+
+
+def make_config(method: str, overrides: dict, args, devices: int = 1):
   overrides = dict(size_overrides(args.image_size), **overrides)
+  if method.split()[0] == "co_mixup":
+    overrides["co_mixup.chunk_size"] = fitting_chunk_size(args.batch // devices)
   return common.make_config(method, overrides, model=args.model,
                             width=args.width, batch=args.batch)
 
@@ -179,13 +194,40 @@ def puzzle_mix_seconds(batch: int, size: int, repeats: int) -> dict:
   return result
 
 
+def co_mixup_seconds(batch: int, size: int, repeats: int) -> tuple:
+  """(chunk size, median seconds) of Co-Mixup's mixing of one batch.
+
+  The jitted `augment.co_mixup` (compatibility, the joint block labelling
+  of every chunk, mixing) on random images and saliency: everything the
+  method adds to its two passes.
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  from sage_jax import augment  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = jax.device_put(rng.standard_normal((batch, size, size, 3), np.float32))
+  labels = jax.device_put(rng.integers(0, 10, (batch,)).astype(np.int32))
+  saliency = jax.device_put(rng.random((batch, size, size), np.float32))
+  chunk_size = fitting_chunk_size(batch)
+  mix = jax.jit(lambda key: augment.co_mixup(
+      key, images, labels, saliency, num_classes=10, chunk_size=chunk_size).images)
+  times = []
+  for step in range(max(repeats, 5) + 1):
+    key = jax.random.key(step)
+    start = time.perf_counter()
+    jax.block_until_ready(mix(key))
+    if step:   # the first call compiles
+      times.append(time.perf_counter() - start)
+  return chunk_size, float(np.median(times))
+
+
 def count_collectives(args) -> dict:
   """Collective ops in the compiled 8-device step of each method."""
   mesh = jax.make_mesh((8,), ("data",))
   counts = {}
   for method, overrides in (("vanilla", {}), ("sage sampled", {}),
-                            ("puzzle_mix", {})):
-    text = train.lower_train_step(make_config(method, overrides, args), mesh,
+                            ("puzzle_mix", {}), ("co_mixup", {})):
+    text = train.lower_train_step(make_config(method, overrides, args, devices=8),
+                                  mesh,
                                   num_classes=10,
                                   image_shape=(args.image_size, args.image_size, 3)
                                   ).compile().as_text()
@@ -255,6 +297,11 @@ def main():
           f"{1e3 * seconds:.1f} ms = {100 * seconds / times['vanilla']:.2f}% of "
           "the vanilla step")
 
+  chunk_size, seconds = co_mixup_seconds(args.batch, size, args.steps)
+  print(f"co_mixup mixing (labelling, mixing), batch {args.batch} in chunks "
+        f"of {chunk_size}: {1e3 * seconds:.1f} ms = "
+        f"{100 * seconds / times['vanilla']:.2f}% of the vanilla step")
+
   if args.table:
     table = runtime_table(
         times, batch=args.batch, device=common.describe_device(devices[0]),
@@ -267,8 +314,9 @@ def main():
       print(f"wrote {args.table_out}")
     print()
 
-  # The 8-device program needs a batch divisible by 8 (e.g. 100 -> 104).
-  collective_batch = -(-args.batch // 8) * 8
+  # The 8-device program needs a batch divisible by 8 (e.g. 100 -> 104), and
+  # Co-Mixup at least 2 images per device.
+  collective_batch = -(-max(args.batch, 16) // 8) * 8
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   result = subprocess.run(

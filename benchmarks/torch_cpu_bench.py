@@ -3,7 +3,7 @@
     pip install torch --index-url https://download.pytorch.org/whl/cpu   # optional
     python benchmarks/torch_cpu_bench.py [--batch 128] [--width 64] [--steps 5]
                                          [--threads N] [--skip_torch]
-                                         [--xla_variants default,eigen_conv]
+                                         [--xla_variants default,ynn_conv]
     # On a shared machine: one core each, no OpenMP barrier stalls.
     taskset -c 1 python benchmarks/torch_cpu_bench.py --threads 1
 
@@ -30,8 +30,9 @@ PreActResNet18 on 32x32x3 images, one device, float32. Four steps:
 Everything is compiled / warmed up first; then each round times one step of
 each (interleaved, so the machine's drifts hit all alike) and the table shows
 the median over rounds and the ratio jax / torch. ``--xla_variants`` also
-times this project's steps compiled with other XLA:CPU options (see
-``XLA_VARIANTS``); XLA flags (``XLA_FLAGS=--xla_cpu_...``) apply as usual
+times this project's steps compiled with other XLA:CPU settings (see
+``XLA_VARIANTS``; ``ynn_conv`` is jaxlib's own default, without
+``config.xla_cpu_eigen_convolutions``); XLA flags (``XLA_FLAGS=--xla_cpu_...``) apply as usual
 through the environment.
 
 When other processes load the machine, PyTorch's multi-threaded (OpenMP)
@@ -220,28 +221,27 @@ def timed(step):
 # --- This project's side --------------------------------------------------------------
 
 
-# Named XLA:CPU compile options for --xla_variants, applied per compilation
-# so that the variants are timed side by side in one process.
-# jaxlib 0.10 hands convolutions, dots and reductions to YNNPACK fusions by
-# default; its convolutions (above all the weight gradients) are 2-4x slower
-# than XLA's Eigen ones on x86, while its reductions (the BatchNorm
-# statistics) are much faster than XLA's own reduce-window rewrite.
+# Named XLA:CPU settings for --xla_variants, each (config
+# `xla_cpu_eigen_convolutions`, extra compile options), compiled per variant
+# so that they are timed side by side in one process. See
+# `sage_jax.train.EIGEN_CONVOLUTION_OPTIONS` for why the default differs
+# from jaxlib's.
 XLA_VARIANTS = {
-    "default": {},
-    # The default list less INDIVIDUAL_CONVOLUTION: YNNPACK keeps the dots
-    # and reductions, convolutions go to Eigen.
-    "eigen_conv": {"xla_cpu_experimental_ynn_fusion_type":
-                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
-                   "LIBRARY_FUSION_TYPE_REDUCE"},
+    # This project's default on CPU: Eigen convolutions, YNNPACK dots and
+    # reductions.
+    "default": (True, {}),
+    # jaxlib's own default: YNNPACK also for the convolutions.
+    "ynn_conv": (False, {}),
     # No YNNPACK at all: Eigen convolutions, XLA reductions.
-    "no_ynn": {"xla_cpu_experimental_ynn_fusion_type": ""},
+    "no_ynn": (False, {"xla_cpu_experimental_ynn_fusion_type": ""}),
 }
 
 
 def compile_jax_step(config, mesh, compiler_options: dict, initial_state,
                      num_classes: int):
-  """(run_once, initial_state) of this project's train step compiled with
-  `compiler_options`; as `common.compile_train_step`, warmed up."""
+  """(run_once, initial_state) of this project's train step, also compiled
+  with the extra `compiler_options`; as `common.compile_train_step`, warmed
+  up."""
   import jax  # pylint: disable=g-import-not-at-top
   from sage_jax import train  # pylint: disable=g-import-not-at-top
   parts = train.create_components(config, mesh, num_classes=num_classes,
@@ -282,8 +282,9 @@ def make_jax_steps(width: int, num_classes: int, batch: int,
                                 batch=batch)
     for variant in variants:
       label = f"jax {method}" + ("" if variant == "default" else f" {variant}")
+      config.xla_cpu_eigen_convolutions, options = XLA_VARIANTS[variant]
       steps[label], initial_state = compile_jax_step(
-          config, mesh, XLA_VARIANTS[variant], initial_state, num_classes)
+          config, mesh, options, initial_state, num_classes)
   return steps
 
 

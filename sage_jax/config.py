@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = -1  # -1 = once per epoch
   config.half_precision = False       # bf16 compute (GPU/TPU); fp32 as the paper
   config.cross_device_batch_norm = False  # BN batch statistics over all devices
+  # CPU meshes only: XLA's Eigen convolutions instead of YNNPACK's (about 1.7x
+  # faster steps on x86; float32 rounding differs, ~1e-6 relative).
+  config.xla_cpu_eigen_convolutions = True
   config.multi_host = False           # call jax.distributed.initialize()
   # multi_host: seconds without a heartbeat after which a process counts as
   # dead and every other process stops (instead of waiting in a collective).
@@ -124,6 +127,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       "checkpoint_every_steps": steps,
       "half_precision": boolean,
       "cross_device_batch_norm": boolean,
+      "xla_cpu_eigen_convolutions": boolean,
       "multi_host": boolean,
       "num_devices": (lambda v: _is_int(v) and v >= 0,
                       "must be an int >= 0 (0 = all devices)"),

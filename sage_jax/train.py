@@ -14,6 +14,7 @@ uninterrupted and a resumed run, so resuming is exact.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -21,7 +22,7 @@ import shutil
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 from absl import logging
 import flax
@@ -75,12 +76,22 @@ LOSS_FNS = losses.LOSS_FNS
 # --- Optimizer -------------------------------------------------------------------------
 
 
+def base_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """The run's initial lr: the method block's `learning_rate` when it is
+  > 0 (a method whose published lr differs on this dataset, e.g. Co-Mixup's
+  0.12 on CIFAR-10, set by configs/cifar10.py), else `config.learning_rate`."""
+  block = config.get(config.method)
+  override = block.get("learning_rate", 0.0) if block is not None else 0.0
+  return float(override) if override > 0 else float(config.learning_rate)
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict,
                            steps_per_epoch: int) -> optax.Schedule:
-  """Piecewise-constant lr: ×lr_decay at each epoch of `lr_boundaries`."""
+  """Piecewise-constant lr from `base_learning_rate(config)`: ×lr_decay at
+  each epoch of `lr_boundaries`."""
   boundaries = {int(round(epoch * steps_per_epoch)): config.lr_decay
                 for epoch in config.lr_boundaries}
-  return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  return optax.piecewise_constant_schedule(base_learning_rate(config), boundaries)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -184,8 +195,47 @@ def _state_specs() -> TrainState:
                     rng=P())
 
 
-def make_train_step(body: Callable, mesh) -> Callable:
-  """jit(shard_map(body)) with the state donated."""
+# XLA:CPU compile options of `config.xla_cpu_eigen_convolutions`. jaxlib 0.10
+# hands convolutions, dots and reductions to YNNPACK fusions by default; its
+# convolutions (above all the weight gradients) are 2-4x slower than XLA's
+# Eigen ones on x86, while its dots and reductions (the BatchNorm statistics)
+# are faster than XLA's own. This list keeps YNNPACK for dots and reductions
+# only (benchmarks/torch_cpu_bench.py times both settings side by side).
+EIGEN_CONVOLUTION_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+@functools.cache
+def _cpu_accepts(options: tuple) -> bool:
+  """Whether this jaxlib's CPU compiler knows every option (a newer or older
+  XLA may rename them: the run then keeps XLA's defaults, with a warning)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(
+        jnp.zeros((), jnp.float32)).compile()
+    return True
+  except Exception as error:  # pylint: disable=broad-except
+    logging.warning("XLA:CPU does not accept %s (%s); keeping its defaults.",
+                    dict(options), str(error).splitlines()[0])
+    return False
+
+
+def compiler_options(config, mesh) -> Optional[dict]:
+  """The XLA compile options of the train and eval steps on `mesh`: the
+  Eigen-convolution list on a CPU mesh when
+  `config.xla_cpu_eigen_convolutions` (and this XLA accepts it), else None."""
+  if not config.get("xla_cpu_eigen_convolutions", False):
+    return None
+  if any(device.platform != "cpu" for device in mesh.devices.flat):
+    return None
+  options = tuple(sorted(EIGEN_CONVOLUTION_OPTIONS.items()))
+  return dict(options) if _cpu_accepts(options) else None
+
+
+def make_train_step(body: Callable, mesh,
+                    options: Optional[dict] = None) -> Callable:
+  """jit(shard_map(body)) with the state donated, compiled with the XLA
+  `options` (see `compiler_options`)."""
   # check_vma=False gives pmap semantics: the gradient of the replicated
   # params stays this device's own until the body's explicit pmean. (With
   # varying-axis checking on, differentiating w.r.t. a replicated input
@@ -193,10 +243,11 @@ def make_train_step(body: Callable, mesh) -> Callable:
   mapped = jax.shard_map(body, mesh=mesh,
                          in_specs=(_state_specs(), P(AXIS), P(AXIS)),
                          out_specs=(_state_specs(), P()), check_vma=False)
-  return jax.jit(mapped, donate_argnums=0)
+  return jax.jit(mapped, donate_argnums=0, compiler_options=options)
 
 
-def make_eval_step(model, loss_fn, num_classes, mean, std, mesh) -> Callable:
+def make_eval_step(model, loss_fn, num_classes, mean, std, mesh,
+                   options: Optional[dict] = None) -> Callable:
   """Sums of loss, correct predictions and examples over a padded batch."""
 
   def body(params, batch_stats, images_uint8, labels, mask):
@@ -213,7 +264,7 @@ def make_eval_step(model, loss_fn, num_classes, mean, std, mesh) -> Callable:
   mapped = jax.shard_map(body, mesh=mesh,
                          in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS)),
                          out_specs=P())
-  return jax.jit(mapped)
+  return jax.jit(mapped, compiler_options=options)
 
 
 # --- State placement -------------------------------------------------------------------
@@ -305,8 +356,11 @@ def create_components(config, mesh, *, num_classes: int, mean, std,
   method_step = make_method_step(config, model, loss_fn, num_classes, mean, std)
   body = make_train_step_body(method_step, tx, mean, std, schedule,
                               nonfinite_metric=True)
-  return Components(model, schedule, tx, loss_fn, make_train_step(body, mesh),
-                    make_eval_step(model, loss_fn, num_classes, mean, std, mesh),
+  options = compiler_options(config, mesh)
+  return Components(model, schedule, tx, loss_fn,
+                    make_train_step(body, mesh, options),
+                    make_eval_step(model, loss_fn, num_classes, mean, std, mesh,
+                                   options),
                     make_average_batch_stats(mesh))
 
 

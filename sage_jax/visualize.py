@@ -7,9 +7,11 @@
 One row per pair (image i, partner π(i)), with the columns of `COLUMNS`:
 the two images, their saliency, SAGE's mask M (white = image i, black =
 partner), the SAGE image, "w/o OR" (no shift, `search="none"`), "w/o SM"
-(constant mask M = λ, `mask="constant"`), Mixup, CutMix and SaliencyMix
+(constant mask M = λ, `mask="constant"`), Mixup, CutMix, SaliencyMix
 (its box around the peak of the partner's fine-grained saliency, shown for
-every row's own partner and always mixed). Every method mixes the same pair
+every row's own partner and always mixed), Puzzle Mix and Co-Mixup (all the
+images of the picture mixed as one chunk, so not only the pair). Every
+pairwise method mixes the same pair
 with the same λ (the `lam=`/`perm=` overrides) and the same key, so the
 columns differ only by the method. Manifold Mixup mixes hidden features; its
 input-level case (k = 0) is the Mixup column. Under each mixed image
@@ -41,10 +43,10 @@ from sage_jax.curves import write_png  # re-exported: the PNG writer
 
 COLUMNS = ("image i", "partner π(i)", "saliency s_i", "saliency s_π(i)",
            "SAGE mask M\n(white: image i)", "SAGE", "w/o OR\n(no shift)", "w/o SM\n(M = λ)",
-           "Mixup", "CutMix", "SaliencyMix", "Puzzle Mix")
+           "Mixup", "CutMix", "SaliencyMix", "Puzzle Mix", "Co-Mixup")
 # The mixed-image columns, in order (names of `mix_columns`' results).
 MIXED_COLUMNS = ("SAGE", "w/o OR", "w/o SM", "Mixup", "CutMix", "SaliencyMix",
-                 "Puzzle Mix")
+                 "Puzzle Mix", "Co-Mixup")
 
 # Layout in inches (at any dpi): square image cells, a caption band under
 # each row for up to three lines of 7-pt text, a header band for the
@@ -174,7 +176,8 @@ def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
     SaliencyMix pastes one box per row, from the map of that row's partner
     (the training step uses one box per batch). Puzzle Mix uses `saliency`
     with the block count `puzzle_block_num(H)` (training draws one per
-    batch).
+    batch). Co-Mixup mixes all 2n images as one chunk (training: chunks of
+    20); its weight is the share of image i in output i.
   """
   num_pairs = images.shape[0] // 2
   # One compiled program for all methods: op-by-op dispatch of six SAGE
@@ -234,6 +237,12 @@ def _all_methods(key, images, labels, saliency, lam, *, num_classes, search,
       "Puzzle Mix": augment.puzzle_mix(
           key, images, labels, saliency, mean=mean, std=std,
           block_num=puzzle_block_num(images.shape[1]), **common),
+      # All 2n images form one chunk: output i draws on every image, not on
+      # a partner, so its weight is the share of image i itself.
+      "Co-Mixup": augment.co_mixup(
+          key, images, labels, saliency, num_classes=num_classes,
+          chunk_size=images.shape[0],
+          block_num=4 if images.shape[1] % 4 == 0 else 2),
   }
   # SAGE's mask, read off through the public function: image i all ones and
   # its partner (a row ≥ n) all zeros give x' = M·1 + (1-M)·T(0) = M. The

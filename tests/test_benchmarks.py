@@ -145,11 +145,13 @@ def test_step_bench_end_to_end_times_every_method():
   assert "saliencymix saliency, batch of 8" in out
   assert "| manifold_mixup |" in out and "| saliencymix |" in out
   counts = re.search(r"collectives in the compiled 8-device step: vanilla=(\d+) "
-                     r"sage_sampled=(\d+) puzzle_mix=(\d+)", out)
+                     r"sage_sampled=(\d+) puzzle_mix=(\d+) co_mixup=(\d+)", out)
   assert counts, out
-  # Pairs are formed within each device's shard: SAGE and Puzzle Mix add no
-  # collective to the gradient all-reduce of the vanilla step.
-  assert counts.group(1) == counts.group(2) == counts.group(3), out
+  # Pairs (Co-Mixup: chunks) are formed within each device's shard: SAGE,
+  # Puzzle Mix and Co-Mixup add no collective to the gradient all-reduce of
+  # the vanilla step.
+  assert len(set(counts.groups())) == 1, out
+  assert "co_mixup mixing (labelling, mixing), batch 8 in chunks of 8:" in out, out
   # Puzzle Mix's mixing (energy, solver, transport) at each block count
   # that fits the 8×8 images.
   for n in (2, 4, 8):

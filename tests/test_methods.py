@@ -185,6 +185,7 @@ def test_manifold_mixup_at_the_input_is_mixup_on_the_same_draws(monkeypatch):
     ("manifold_mixup", {}),
     ("saliencymix", {"saliencymix.mix_prob": 1.0}),
     ("puzzle_mix", {}),
+    ("co_mixup", {}),
     # The compatibility option: OpenCV on the host, inside the mapped step.
     ("saliencymix", {"saliencymix.mix_prob": 1.0,
                      "saliencymix.saliency": "released_float_image"})])
@@ -260,3 +261,60 @@ def test_puzzle_mix_step_is_an_eval_mode_saliency_then_one_mixed_pass():
   assert float(out.metrics["mix_label_weight"]) == pytest.approx(
       float(jnp.mean(mixed.lam)), abs=1e-6)
   assert float(out.metrics["block_num"]) in (2.0, 4.0)
+
+
+def test_co_mixup_step_is_a_train_mode_clean_pass_plus_one_mixed_pass():
+  # §4.1: the clean pass runs BN in train mode (running statistics updated)
+  # and its (2/K)·CE parameter gradient is kept: the step's gradient is the
+  # sum of both passes' gradients, the mixed pass continuing from the clean
+  # pass's BN statistics.
+  from sage_jax import augment
+  import optax
+  model, batch, variables = _tiny_setup()
+  params, stats = variables["params"], variables["batch_stats"]
+  key = jax.random.key(5)
+  out = jax.jit(_step("co_mixup", model))(key, params, stats, batch)
+  context = methods.StepContext(model, train.LOSS_FNS["bce_softmax"], NUM_CLASSES,
+                                MEAN, STD)
+
+  def clean_loss(params, images):
+    logits, new_stats = context.apply_train(params, stats, images)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
+    return 2.0 / NUM_CLASSES * jnp.mean(ce), new_stats
+
+  (clean, clean_stats), (clean_grads, input_grads) = jax.jit(jax.value_and_grad(
+      clean_loss, argnums=(0, 1), has_aux=True))(params, batch.images)
+  saliency = jnp.sqrt(jnp.mean(input_grads ** 2, axis=-1))
+  mixed = augment.co_mixup(key, batch.images, batch.labels, saliency,
+                           num_classes=NUM_CLASSES, chunk_size=2)
+  (mix_loss, (new_stats, _)), mix_grads = jax.jit(jax.value_and_grad(
+      context.model_loss, has_aux=True))(params, clean_stats, mixed.images,
+                                         mixed.labels)
+  grads = jax.tree.map(jnp.add, clean_grads, mix_grads)
+  tol = dict(rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol),
+               (out.grads, out.batch_stats, out.metrics["loss"],
+                out.metrics["clean_loss"]),
+               (grads, new_stats, clean + mix_loss, clean))
+  assert float(out.metrics["mix_label_weight"]) == pytest.approx(
+      float(jnp.mean(mixed.lam)), abs=1e-6)
+  assert 1.0 <= float(out.metrics["inputs_per_output"]) <= 2.0
+
+
+def test_co_mixup_learning_rate_replaces_the_shared_one_only_when_set():
+  config = tiny_config(method="co_mixup")
+  assert train.base_learning_rate(config) == config.learning_rate == 0.2
+  config.co_mixup.learning_rate = 0.12
+  assert train.base_learning_rate(config) == 0.12
+  assert float(train.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.12)
+  config.method = "sage"  # another method's block never applies
+  assert train.base_learning_rate(config) == 0.2
+
+
+def test_co_mixup_chunk_that_does_not_divide_the_shard_names_the_fix():
+  model, batch, variables = _tiny_setup()  # 8 images on this device
+  step = _step("co_mixup", model, **{"co_mixup.chunk_size": 20})
+  with pytest.raises(ValueError, match=r"chunk_size=20 must divide the per-device "
+                     r"batch 8 .*--config\.co_mixup\.chunk_size=8 or"):
+    jax.jit(step)(jax.random.key(0), variables["params"],
+                  variables["batch_stats"], batch)

@@ -31,6 +31,9 @@ def tiny_config(**overrides):
   # Block counts that divide the tests' 8×8 images; the exact solver route
   # only, which compiles fast (test_puzzle_mix.py covers n = 8, 16).
   config.puzzle_mix.block_nums = (2, 4)
+  # Chunks of 2 fit every device's shard of the tests' batches (16 on 8
+  # devices); test_co_mixup.py covers chunks of 20.
+  config.co_mixup.chunk_size = 2
   for field, value in overrides.items():
     node = config
     *parents, leaf = field.split(".")
@@ -170,6 +173,26 @@ def test_one_device_equals_eight_devices_with_cross_device_batch_norm(
                *results)
 
 
+def test_cpu_compile_options_change_speed_not_results(image_folder, tmp_path):
+  # config.xla_cpu_eigen_convolutions only moves the convolutions from
+  # YNNPACK to Eigen on CPU meshes: the trained state agrees to float32
+  # rounding, and a non-CPU mesh or False gets no options at all.
+  mesh = jax.make_mesh((1,), ("data",))
+  assert train.compiler_options(tiny_config(), mesh) == train.EIGEN_CONVOLUTION_OPTIONS
+  assert train.compiler_options(
+      tiny_config(xla_cpu_eigen_convolutions=False), mesh) is None
+  results = []
+  for eigen in (True, False):
+    config = tiny_config(method="sage", num_devices=1,
+                         xla_cpu_eigen_convolutions=eigen,
+                         **{"dataset.name": "image_folder",
+                            "dataset.data_dir": image_folder})
+    train.train_and_evaluate(config, str(tmp_path / f"eigen{eigen}"))
+    results.append(restored_state(str(tmp_path / f"eigen{eigen}"))[1])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               *results)
+
+
 def count_collectives(hlo_text):
   return sum(hlo_text.count(op) for op in
              ("all-reduce(", "all-reduce-start(", "all-gather(", "all-to-all(",
@@ -254,3 +277,7 @@ def test_config_files(path, expected):
     assert (config.batch_size, config.num_epochs, config.learning_rate,
             tuple(config.lr_boundaries), config.loss, config.nesterov) == (
                 100, 300, 0.2, (100, 200), "bce_softmax", True)
+  # Co-Mixup's published lr: 0.12 on CIFAR-10, the shared one elsewhere.
+  config.method = "co_mixup"
+  assert train.base_learning_rate(config) == (
+      0.12 if "cifar10.py" in path else config.learning_rate)

@@ -9,8 +9,10 @@
 (one backward pass for the clean gradient and the saliency, gradient reuse);
 `nnx_sage_value_and_grad` does the same for a Flax NNX module. The
 baselines: `mixup`, `cutmix`, `saliencymix`, Manifold Mixup (`mix_at`,
-`draw_manifold_mix`) and `puzzle_mix` (its mask solver `solve_grid_mrf` and
-transport `transport_sources`/`move_patches` run on the device). Importing this
+`draw_manifold_mix`), `puzzle_mix` (its mask solver `solve_grid_mrf` and
+transport `transport_sources`/`move_patches` run on the device) and Co-Mixup
+(`co_mixup` = `co_mixup_assignment` + `co_mixup_apply`, batch-level mixing of
+chunks of inputs, also on the device). Importing this
 package needs jax and numpy only (flax is imported by the NNX helper).
 """
 from sage_jax.augment.gradients import SageGradients
@@ -39,6 +41,12 @@ from sage_jax.augment.puzzle_mix import GridEnergy
 from sage_jax.augment.puzzle_mix import puzzle_mix
 from sage_jax.augment.puzzle_mix import PUZZLE_STATIC_ARGNAMES
 from sage_jax.augment.puzzle_mix import puzzle_saliency
+from sage_jax.augment.co_mixup import CO_MIXUP_ASSIGNMENT_STATIC_ARGNAMES
+from sage_jax.augment.co_mixup import CO_MIXUP_STATIC_ARGNAMES
+from sage_jax.augment.co_mixup import co_mixup
+from sage_jax.augment.co_mixup import co_mixup_apply
+from sage_jax.augment.co_mixup import co_mixup_assignment
+from sage_jax.augment.co_mixup import co_mixup_statistics
 from sage_jax.augment.grid_mrf import grid_mrf_energy
 from sage_jax.augment.grid_mrf import solve_grid_mrf
 from sage_jax.augment.transport import move_patches
@@ -60,4 +68,6 @@ __all__ = [
     "BLOCK_NUMS", "GridEnergy", "PUZZLE_STATIC_ARGNAMES", "block_energy",
     "drawn_block_num", "puzzle_mix", "puzzle_saliency", "grid_mrf_energy",
     "solve_grid_mrf", "move_patches", "transport_sources",
+    "CO_MIXUP_ASSIGNMENT_STATIC_ARGNAMES", "CO_MIXUP_STATIC_ARGNAMES", "co_mixup",
+    "co_mixup_apply", "co_mixup_assignment", "co_mixup_statistics",
 ]

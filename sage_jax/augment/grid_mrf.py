@@ -37,6 +37,30 @@ on the whole batch, with shapes fixed by (B, n, L):
   solved exactly by the row DP with the rest fixed (h the largest width with
   L^h ≤ `STRIP_STATES`; overlapping strips). Any table, any weights; a
   local method (weaker than α-β swap on Puzzle Mix problems).
+* ``"moves"``: local search by exact large moves from a starting labelling
+  (`init`, default each cell's smallest unary), for any tables, one per
+  problem allowed ((B, L, L)), and weights of any sign. Each move lets every
+  cell keep its label or take one of a few others and is solved exactly by
+  the row DP over the K^n row states of those choices, with a (K, K) table
+  per edge (no submodularity needed, unlike graph-cut expansion, so it is
+  valid for Co-Mixup's non-metric table); the current labelling is one of
+  the move's choices, so the energy never increases. A cycle is an
+  α-expansion (keep or take α, K = 2) for every label α in index order, then
+  a combined move (keep, α or β, K = 3) for every pair among the
+  `MOVE_PAIR_LABELS` best-ranked labels of each problem (ranked by the
+  number of cells where a label is not dominated, see
+  `_surviving_labels`); cycles repeat until one changes nothing, at most
+  `MOVE_CYCLES` (or `iterations`). A local method, n ≤ `MOVES_MAX_SIDE`.
+  Each call first fuses the start with proposals (`MOVE_PROPOSALS` exact
+  best labellings restricted to 3 labels, over all triples of the
+  `MOVE_SUBSET_LABELS` best-ranked labels, solved side by side), so it
+  does not depend on one start's basin. Built for Co-Mixup's per-output
+  subproblems (4×4, 23 labels, batch 5): on 2,010 real-CIFAR-10 ones
+  (`tests/test_grid_mrf_moves.py`) its energy was ≤ gco's α-β swap + 1e-6
+  on 99.8% of cases (strictly lower on 31%), worst 0.44% above; on other
+  draws 1-3 cases in 2,000 were up to 1.3% above (a local method, like
+  gco's). About 8-12 ms per call of 5 problems on a shared 2-core CPU
+  (`benchmarks/solver_bench.py --problem co_mixup`).
 * ``"auto"`` (default): ``"exact"`` when L^n ≤ `AUTO_EXACT_STATES` (Puzzle
   Mix n = 2, 4); otherwise ``"lifted"`` when the table is submodular and
   every weight is ≥ 0, else ``"strips"``. That test is made while tracing
@@ -53,12 +77,15 @@ in every case and strictly lower in 0-0.5% of them; it takes about
 0.1 / 0.5 / 16 / 140 ms of CPU time per batch of 128 at n = 2 / 4 / 8 / 16
 on a 2-core CPU (`benchmarks/solver_bench.py`).
 Co-Mixup's 4×4 grids with ~20 labels and a non-submodular table take the
-"strips" route (1-wide strips: exact chains), a local method.
+"strips" route under "auto" (1-wide strips: exact chains), a weak local
+method; pass ``method="moves"`` for them.
 
     from sage_jax.augment import grid_mrf
     labels = grid_mrf.solve_grid_mrf(unary, pairwise, w_vertical, w_horizontal)
     energy = grid_mrf.grid_mrf_energy(labels, unary, pairwise, w_vertical, w_horizontal)
 """
+import itertools
+import math
 from typing import Any, Optional
 
 import jax
@@ -68,7 +95,7 @@ import numpy as np
 
 from sage_jax.augment import _checks
 
-METHODS = ("auto", "exact", "lifted", "strips")
+METHODS = ("auto", "exact", "lifted", "strips", "moves")
 # Largest row-state count of the "exact" route (3^8: n = 8 with 3 labels,
 # ~30 MB of messages at batch 128).
 MAX_EXACT_STATES = 3 ** 8
@@ -90,6 +117,24 @@ _ACCELERATION = 0.25
 # Polish sweeps after the lifted route; "strips" sweeps.
 LIFTED_POLISH_SWEEPS = 1
 STRIP_SWEEPS = 4
+# "moves": largest grid side (a combined move has 3^n row states: 729 at
+# n = 6), the cap on cycles, and how many of the best-ranked labels get a
+# combined move per pair (C(16, 2) = 120 moves per cycle). Measured on
+# Co-Mixup subproblems in `tests/test_grid_mrf_moves.py` and
+# `benchmarks/solver_bench.py --problem co_mixup`.
+MOVES_MAX_SIDE = 6
+MOVE_CYCLES = 1
+MOVE_PAIR_LABELS = 16
+# "moves" starts by fusing `init` with proposals: the exact best labellings
+# that use only 3 labels, for every triple of the 14 best-ranked labels
+# (C(14, 3) = 364, solved side by side), the 16 lowest in energy first.
+MOVE_SUBSET_LABELS = 14
+MOVE_SUBSET_SIZE = 3
+MOVE_PROPOSALS = 16
+# A unary that switches a label off: large enough never to be chosen while
+# any enabled label exists (every energy of enabled labels is far smaller),
+# small enough that sums of 3·n² of them stay finite in float32.
+DISABLED_UNARY = 1e9
 
 
 # ----------------------------------------------------------------------------
@@ -103,7 +148,8 @@ def grid_mrf_energy(labels: Any, unary: Any, pairwise: Any, weight_vertical: Any
   Args:
     labels: int (B, n, n) labels in [0, L).
     unary: float (B, n, n, L).
-    pairwise: float (L, L); `pairwise[l_p, l_q]` with p the upper/left cell.
+    pairwise: float (L, L), or (B, L, L) with one table per problem;
+      `pairwise[(b,) l_p, l_q]` with p the upper/left cell.
     weight_vertical: float (B, n-1, n), edge (r, c)-(r+1, c).
     weight_horizontal: float (B, n, n-1), edge (r, c)-(r, c+1).
 
@@ -132,8 +178,13 @@ def grid_mrf_energy(labels: Any, unary: Any, pairwise: Any, weight_vertical: Any
           f"[{values.min()}, {values.max()}].")
   labels = jnp.asarray(labels, jnp.int32)
   data = jnp.take_along_axis(unary, labels[..., None], axis=-1)[..., 0]
-  vertical = weight_vertical * pairwise[labels[:, :-1, :], labels[:, 1:, :]]
-  horizontal = weight_horizontal * pairwise[labels[:, :, :-1], labels[:, :, 1:]]
+  if pairwise.ndim == 3:   # one table per problem
+    index = jnp.arange(labels.shape[0])[:, None, None]
+    vertical = weight_vertical * pairwise[index, labels[:, :-1, :], labels[:, 1:, :]]
+    horizontal = weight_horizontal * pairwise[index, labels[:, :, :-1], labels[:, :, 1:]]
+  else:
+    vertical = weight_vertical * pairwise[labels[:, :-1, :], labels[:, 1:, :]]
+    horizontal = weight_horizontal * pairwise[labels[:, :, :-1], labels[:, :, 1:]]
   return data.sum((1, 2)) + vertical.sum((1, 2)) + horizontal.sum((1, 2))
 
 
@@ -166,10 +217,13 @@ def _check_problem(unary, pairwise, weight_vertical, weight_horizontal):
   if num_labels < 2:
     raise ValueError(
         f"`unary` must have L ≥ 2 labels (last axis); got L = {num_labels}.")
-  if jnp.shape(pairwise) != (num_labels, num_labels):
+  if jnp.shape(pairwise) not in ((num_labels, num_labels),
+                                 (batch, num_labels, num_labels)):
     raise ValueError(
         f"`pairwise` must be a square (L, L) = ({num_labels}, {num_labels}) "
-        f"table matching `unary`; got shape {jnp.shape(pairwise)}.")
+        f"table matching `unary` (or, for method='moves', one per problem: "
+        f"(B, L, L) = ({batch}, {num_labels}, {num_labels})); got shape "
+        f"{jnp.shape(pairwise)}.")
   for name, value, shape, edge in (
       ("weight_vertical", weight_vertical, (batch, n - 1, n), "(r, c)-(r+1, c)"),
       ("weight_horizontal", weight_horizontal, (batch, n, n - 1), "(r, c)-(r, c+1)")):
@@ -534,13 +588,237 @@ def _solve_lifted(unary, pairwise, weight_vertical, weight_horizontal, iteration
 
 
 # ----------------------------------------------------------------------------
+# Exact large moves ("moves" route). Internal layout as above (batch last);
+# per-problem tables are (L, L, B), flattened to (L·L, B) for gathers.
+
+
+def _choice_dp(choice_unary, vertical_tables, horizontal_tables) -> jax.Array:
+  """Exact minimiser of a K-choice grid with its own table on every edge.
+
+  Each cell picks one of K choices; a state is a whole row of choices
+  (K^W states), eliminated one column at a time as in `_eliminate_row` but
+  with a (K, K) table per edge and problem instead of one shared table.
+
+  Args:
+    choice_unary: float (R, W, K, B), the cost of each choice in each cell.
+    vertical_tables: float (R-1, W, K, K, B), [choice above, choice below]
+      on edge (r, c)-(r+1, c), edge weight included.
+    horizontal_tables: float (R, W-1, K, K, B), [left, right] on edge
+      (r, c)-(r, c+1), edge weight included.
+
+  Returns:
+    int32 (R, W, B) choices. Ties go to the smallest row-state index, i.e.
+    towards choice 0 in the leftmost columns and the lowest rows first.
+  """
+  rows, width, choices, batch = choice_unary.shape
+  row_costs = choice_unary[:, 0]                                  # (R, K, B)
+  for c in range(1, width):
+    row_costs = (row_costs.reshape(rows, -1, choices, 1, batch)
+                 + horizontal_tables[:, c - 1][:, None]
+                 + choice_unary[:, c][:, None, None]).reshape(rows, -1, batch)
+  states = row_costs.shape[1]
+
+  def eliminate(message, tables):
+    # min over the row above, one column (digit) at a time: K^(W+1) terms.
+    current = message
+    for c in range(width):
+      leading, trailing = choices ** c, choices ** (width - c - 1)
+      current = current.reshape(leading, choices, 1, trailing, batch)
+      best = current[:, 0] + tables[c, 0][None, :, None, :]
+      for a in range(1, choices):
+        best = jnp.minimum(best, current[:, a] + tables[c, a][None, :, None, :])
+      current = best
+    return current.reshape(states, batch)
+
+  messages = [row_costs[0]]
+  for r in range(1, rows):
+    messages.append(eliminate(messages[-1], vertical_tables[r - 1]) + row_costs[r])
+  state = _first_argmin(messages[-1])
+  chosen = [state]
+  for r in range(rows - 1, 0, -1):
+    # The best row above given this row's state, recomputed from the message.
+    below = _digits(state, width, choices)                        # (W, B)
+    to_below = [jnp.take_along_axis(vertical_tables[r - 1, c], below[c][None, None],
+                                    axis=1)[:, 0] for c in range(width)]
+    state = _first_argmin(messages[r - 1] + _outer_sum(to_below))
+    chosen.append(state)
+  return _digits(jnp.stack(chosen[::-1]), width, choices)        # (R, W, B)
+
+
+def _apply_move(candidates, unary, flat_pairwise, weight_vertical,
+                weight_horizontal) -> jax.Array:
+  """The exact best labelling where each cell takes one of its candidates.
+
+  Args:
+    candidates: int32 (K, R, W, B) labels; candidates[0] should be the
+      current labelling, so the move never increases the energy (ties keep
+      it).
+    unary: float (R, W, L, B).
+    flat_pairwise: float (L·L, B), the per-problem tables flattened.
+    weight_vertical, weight_horizontal: float (R-1, W, B), (R, W-1, B).
+
+  Returns:
+    int32 (R, W, B) labels.
+  """
+  choices, rows, width, batch = candidates.shape
+  num_labels = unary.shape[2]
+  cand = jnp.moveaxis(candidates, 0, 2)                           # (R, W, K, B)
+  choice_unary = jnp.take_along_axis(unary, cand, axis=2)
+  pair_v = (cand[:-1, :, :, None] * num_labels + cand[1:, :, None, :]).reshape(-1, batch)
+  pair_h = (cand[:, :-1, :, None] * num_labels + cand[:, 1:, None, :]).reshape(-1, batch)
+  vertical = (jnp.take_along_axis(flat_pairwise, pair_v, axis=0)
+              .reshape(rows - 1, width, choices, choices, batch)
+              * weight_vertical[:, :, None, None])
+  horizontal = (jnp.take_along_axis(flat_pairwise, pair_h, axis=0)
+                .reshape(rows, width - 1, choices, choices, batch)
+                * weight_horizontal[:, :, None, None])
+  choice = _choice_dp(choice_unary, vertical, horizontal)
+  return jnp.take_along_axis(cand, choice[:, :, None], axis=2)[:, :, 0]
+
+
+def _surviving_labels(unary, pairwise, weight_vertical, weight_horizontal) -> jax.Array:
+  """bool (R, W, L, B): label a is not dominated in that cell.
+
+  a is dominated at p by b when u_p(a) - u_p(b) exceeds the most that a's
+  edges can gain over b's, Σ_(q~p) max_x w_pq·(V(a, x) - V(b, x)) (V(x, ·)
+  where p is the lower/right end); then changing a to b at p lowers every
+  labelling's energy, so no minimiser uses a at p. Used to rank labels for
+  the pair moves.
+  """
+  rows, width, num_labels, batch = unary.shape
+  as_upper = pairwise[:, None] - pairwise[None]                  # (a, b, x, B)
+  transposed = jnp.swapaxes(pairwise, 0, 1)
+  as_lower = transposed[:, None] - transposed[None]              # V(x, a) - V(x, b)
+
+  def gain(weight, differences):
+    # max_x w·d(x): w·max d for w ≥ 0, w·min d for w < 0. (…, L, L, B).
+    weight = weight[..., None, None, :]
+    return jnp.where(weight >= 0, weight * differences.max(2), weight * differences.min(2))
+
+  bound = jnp.zeros((rows, width, num_labels, num_labels, batch), unary.dtype)
+  if rows > 1:
+    bound = (bound.at[:-1].add(gain(weight_vertical, as_upper))
+             .at[1:].add(gain(weight_vertical, as_lower)))
+  if width > 1:
+    bound = (bound.at[:, :-1].add(gain(weight_horizontal, as_upper))
+             .at[:, 1:].add(gain(weight_horizontal, as_lower)))
+  excess = unary[:, :, :, None] - unary[:, :, None, :]           # (R, W, a, b, B)
+  others = ~np.eye(num_labels, dtype=bool)[None, None, :, :, None]
+  return ~jnp.any((excess > bound) & others, axis=3)
+
+
+def _ranked_labels(unary, pairwise, weight_vertical, weight_horizontal) -> jax.Array:
+  """int32 (L, B): labels by the number of cells where they survive (most
+  first), then by their total unary (smallest first), then by index."""
+  survive = _surviving_labels(unary, pairwise, weight_vertical, weight_horizontal)
+  count = survive.sum((0, 1))                                     # (L, B)
+  total = unary.sum((0, 1))
+  # Sort by total within count classes: a stable sort by total, then by count.
+  by_total = jnp.argsort(total, axis=0, stable=True)
+  count_sorted = jnp.take_along_axis(count, by_total, axis=0)
+  by_count = jnp.argsort(-count_sorted, axis=0, stable=True)
+  return jnp.take_along_axis(by_total, by_count, axis=0).astype(jnp.int32)
+
+
+def move_pair_schedule(num_pair_labels: int) -> np.ndarray:
+  """int32 (P, 2) rank pairs (i < j) of the combined moves, P = k(k-1)/2.
+
+  Ordered by j then i, so every prefix covers all pairs among the first
+  labels of the ranking.
+  """
+  return np.array([(i, j) for j in range(num_pair_labels) for i in range(j)],
+                  np.int32).reshape(-1, 2)
+
+
+def _energy_batch_last(labels, unary, flat_pairwise, weight_vertical,
+                       weight_horizontal) -> jax.Array:
+  """(B,) energies of labels (R, W, B); flat_pairwise (L·L, B)."""
+  num_labels, batch = unary.shape[2], unary.shape[3]
+  data = jnp.take_along_axis(unary, labels[:, :, None], axis=2)[:, :, 0]
+  vertical = jnp.take_along_axis(
+      flat_pairwise, (labels[:-1] * num_labels + labels[1:]).reshape(-1, batch),
+      axis=0).reshape(weight_vertical.shape) * weight_vertical
+  horizontal = jnp.take_along_axis(
+      flat_pairwise, (labels[:, :-1] * num_labels + labels[:, 1:]).reshape(-1, batch),
+      axis=0).reshape(weight_horizontal.shape) * weight_horizontal
+  return data.sum((0, 1)) + vertical.sum((0, 1)) + horizontal.sum((0, 1))
+
+
+def _subset_proposals(problem, ranked, num_subset_labels, subset_size, count):
+  """int32 (count, R, W, B): the best labellings restricted to few labels.
+
+  For every `subset_size`-subset of the `num_subset_labels` best-ranked
+  labels, the exact best labelling using only those labels (one move whose
+  choices are the subset's labels); all subsets are solved side by side as
+  one batch (a few sequential operations, however many subsets). Returns
+  the `count` lowest-energy ones, lowest first (ties: first subset).
+  """
+  unary = problem[0]
+  rows, width, _, batch = unary.shape
+  subsets = np.array(list(itertools.combinations(range(num_subset_labels), subset_size)),
+                     np.int32)                                    # (T, s)
+  num_subsets = len(subsets)
+  labels = jnp.moveaxis(ranked[jnp.asarray(subsets)], 0, 1)       # (s, T, B)
+  labels = labels.reshape(subset_size, num_subsets * batch)
+  candidates = jnp.broadcast_to(labels[:, None, None, :],
+                                (subset_size, rows, width, num_subsets * batch))
+  # Subset t of problem b sits at batch index t·B + b.
+  tiled = tuple(jnp.tile(x, (1,) * (x.ndim - 1) + (num_subsets,)) for x in problem)
+  solved = _apply_move(candidates, *tiled)                        # (R, W, T·B)
+  energy = _energy_batch_last(solved, *tiled).reshape(num_subsets, batch)
+  best = jnp.argsort(energy, axis=0, stable=True)[:count]        # (count, B)
+  solved = solved.reshape(rows, width, num_subsets, batch)
+  return jnp.moveaxis(jnp.take_along_axis(solved, best[None, None], axis=2), 2, 0)
+
+
+def _solve_moves(labels, unary, pairwise, weight_vertical, weight_horizontal,
+                 max_cycles, num_pair_labels):
+  """Proposal fusion, then cycles of exact expansion and combined moves from
+  `labels` until a cycle changes nothing (at most `max_cycles` cycles). All
+  arrays batch last; pairwise (L, L, B)."""
+  num_labels, batch = unary.shape[2], unary.shape[3]
+  flat = pairwise.reshape(num_labels * num_labels, batch)
+  problem = (unary, flat, weight_vertical, weight_horizontal)
+  ranked = _ranked_labels(unary, pairwise, weight_vertical, weight_horizontal)
+  schedule = jnp.asarray(move_pair_schedule(num_pair_labels))
+  num_subset_labels = min(MOVE_SUBSET_LABELS, num_labels)
+  if max_cycles > 0 and num_subset_labels > MOVE_SUBSET_SIZE:
+    proposals = _subset_proposals(
+        problem, ranked, num_subset_labels, MOVE_SUBSET_SIZE,
+        min(MOVE_PROPOSALS, math.comb(num_subset_labels, MOVE_SUBSET_SIZE)))
+    # Fusion moves: each cell keeps its label or takes the proposal's.
+    labels = lax.fori_loop(
+        0, proposals.shape[0],
+        lambda j, labels: _apply_move(jnp.stack([labels, proposals[j]]), *problem),
+        labels)
+
+  def expansion(alpha, labels):
+    return _apply_move(jnp.stack([labels, jnp.full_like(labels, alpha)]), *problem)
+
+  def combined(index, labels):
+    first = jnp.broadcast_to(ranked[schedule[index, 0]], labels.shape)
+    second = jnp.broadcast_to(ranked[schedule[index, 1]], labels.shape)
+    return _apply_move(jnp.stack([labels, first, second]), *problem)
+
+  def cycle(state):
+    count, labels, _ = state
+    new = lax.fori_loop(0, num_labels, expansion, labels)
+    new = lax.fori_loop(0, schedule.shape[0], combined, new)
+    return count + 1, new, jnp.any(new != labels)
+
+  state = (jnp.asarray(0, jnp.int32), labels, jnp.asarray(True))
+  return lax.while_loop(lambda s: (s[0] < max_cycles) & s[2], cycle, state)[1]
+
+
+# ----------------------------------------------------------------------------
 # Public solver.
 
 
 def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
                    weight_horizontal: Any, *, method: str = "auto",
                    iterations: Optional[int] = None,
-                   polish_sweeps: Optional[int] = None) -> jax.Array:
+                   polish_sweeps: Optional[int] = None,
+                   init: Any = None) -> jax.Array:
   """Labels minimising each grid's energy (see the module docstring).
 
   jit- and vmap-safe; n and L come from the shapes, so each (B, n, L) is one
@@ -552,28 +830,38 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
   compiling "strips").
 
   Args:
-    unary: float (B, n, n, L), the cost of each label in each cell.
+    unary: float (B, n, n, L), the cost of each label in each cell. With
+      "moves", a label can be switched off per problem and cell by giving it
+      a large finite unary such as `DISABLED_UNARY` (1e9): it is then never
+      chosen while an enabled label exists (infinities are not supported).
     pairwise: float (L, L) table, `pairwise[l_p, l_q]` with p the upper/left
-      cell of the edge (any table for "exact" and "strips"; "lifted" needs a
-      submodular one, see `is_submodular`).
+      cell of the edge (any table for "exact", "strips" and "moves";
+      "lifted" needs a submodular one, see `is_submodular`); "moves" also
+      takes one table per problem, (B, L, L).
     weight_vertical: float (B, n-1, n), weight of edge (r, c)-(r+1, c).
     weight_horizontal: float (B, n, n-1), weight of edge (r, c)-(r, c+1).
       "lifted" needs weights ≥ 0.
-    method: "auto", "exact", "lifted" or "strips" (a Python string).
-    iterations: "lifted" only: primal-dual iterations (default
-      `default_iterations(n)` = 30·n).
+    method: "auto", "exact", "lifted", "strips" or "moves" (a Python
+      string); "auto" never picks "moves".
+    iterations: "lifted": primal-dual iterations (default
+      `default_iterations(n)` = 30·n); "moves": the most cycles (default
+      `MOVE_CYCLES`; it stops earlier once a cycle changes nothing).
     polish_sweeps: strip sweeps after "lifted" (default 1) or of "strips"
       (default 4).
+    init: "moves" only: int (B, n, n) starting labels in [0, L) (default:
+      each cell's smallest unary, first index on ties). None elsewhere.
 
   Returns:
     int32 (B, n, n) labels in [0, L).
 
   Raises:
     ValueError: on wrong ranks or shapes (`unary` not (B, n, n, L) with
-      B, n ≥ 1 and L ≥ 2; `pairwise` not (L, L); weights not (B, n-1, n) /
-      (B, n, n-1)), non-floating inputs, an unknown `method`, "exact" with
-      L^n > MAX_EXACT_STATES, or "lifted" with a concrete non-submodular
-      table or concrete negative weights.
+      B, n ≥ 1 and L ≥ 2; `pairwise` not (L, L) or, for "moves", (B, L, L);
+      weights not (B, n-1, n) / (B, n, n-1); `init` not (B, n, n)),
+      non-floating inputs, non-integer or (when concrete) out-of-range
+      `init`, an unknown `method`, "exact" with L^n > MAX_EXACT_STATES,
+      "moves" with n > MOVES_MAX_SIDE, or "lifted" with a concrete
+      non-submodular table or concrete negative weights.
     TypeError: if `method`, `iterations` or `polish_sweeps` is traced.
   """
   for name, value in (("method", method), ("iterations", iterations),
@@ -584,10 +872,22 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
       unary, pairwise, weight_vertical, weight_horizontal)
   if method not in METHODS:
     raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
+  if init is not None and method != "moves":
+    raise ValueError(
+        f"`init` is only used by method='moves'; got method={method!r}. Drop "
+        "`init` or pass method='moves'.")
+  if pairwise.ndim == 3 and method != "moves":
+    raise ValueError(
+        f"method={method!r} takes one (L, L) `pairwise` table for the batch; "
+        f"got shape {pairwise.shape}. Pass method='moves' for one table per "
+        "problem, or `jax.vmap` the call over the problems.")
   for name, value in (("iterations", iterations), ("polish_sweeps", polish_sweeps)):
     if value is not None and (not isinstance(value, (int, np.integer))
                               or isinstance(value, bool) or value < 0):
       raise ValueError(f"`{name}` must be a non-negative int; got {value!r}.")
+  if method == "moves":
+    return _solve_moves_route(unary, pairwise, weight_vertical, weight_horizontal,
+                              iterations, init)
   _, n, _, num_labels = unary.shape
   route = method
   if method == "auto":
@@ -634,4 +934,44 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
   else:
     labels = lax.cond(_lifted_applies(pairwise, weight_vertical, weight_horizontal),
                       lifted, strips)
+  return jnp.moveaxis(labels, -1, 0).astype(jnp.int32)
+
+
+def _solve_moves_route(unary, pairwise, weight_vertical, weight_horizontal,
+                       iterations, init) -> jax.Array:
+  """Checks and runs method="moves" on checked float32 arrays (batch first)."""
+  batch, n, _, num_labels = unary.shape
+  if n > MOVES_MAX_SIDE:
+    raise ValueError(
+        f"method='moves' supports grids up to n = MOVES_MAX_SIDE = "
+        f"{MOVES_MAX_SIDE} (3^n row states per combined move); got n = {n}. "
+        "Use method='lifted' (submodular tables) or 'strips'.")
+  if init is None:
+    labels = jnp.argmin(unary, axis=-1).astype(jnp.int32)
+  else:
+    if not hasattr(init, "shape") and not isinstance(init, (list, tuple)):
+      raise TypeError(f"`init` must be an array; got {_checks.describe(init)}.")
+    if jnp.shape(init) != (batch, n, n):
+      raise ValueError(
+          f"`init` must have shape (B, n, n) = {(batch, n, n)} to match "
+          f"`unary`; got {jnp.shape(init)}.")
+    if not jnp.issubdtype(jnp.result_type(init), jnp.integer):
+      raise ValueError(
+          f"`init` must be integer labels; got dtype {jnp.result_type(init)}. "
+          "Convert with `.astype(jnp.int32)`.")
+    if _checks.is_concrete(init):
+      values = np.asarray(init)
+      if values.min() < 0 or values.max() >= num_labels:
+        raise ValueError(
+            f"`init` must lie in [0, L={num_labels}); got values in "
+            f"[{values.min()}, {values.max()}].")
+    labels = jnp.asarray(init, jnp.int32)
+  if pairwise.ndim == 2:
+    pairwise = jnp.broadcast_to(pairwise, (batch,) + pairwise.shape)
+  labels = _solve_moves(
+      jnp.moveaxis(labels, 0, -1), jnp.moveaxis(unary, 0, -1),
+      jnp.moveaxis(pairwise, 0, -1), jnp.moveaxis(weight_vertical, 0, -1),
+      jnp.moveaxis(weight_horizontal, 0, -1),
+      MOVE_CYCLES if iterations is None else iterations,
+      min(MOVE_PAIR_LABELS, num_labels))
   return jnp.moveaxis(labels, -1, 0).astype(jnp.int32)

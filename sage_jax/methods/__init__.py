@@ -11,6 +11,7 @@ and `make_step`, the per-device step logic. `sage_jax.train` calls the
 selected method through that interface and never branches on its name.
 The pure mixing functions the methods use live in `sage_jax.augment`.
 """
+from sage_jax.methods import co_mixup
 from sage_jax.methods import cutmix
 from sage_jax.methods import manifold_mixup
 from sage_jax.methods import mixup
@@ -25,7 +26,8 @@ from sage_jax.methods.base import StepOutput
 
 # config.method -> Method, in the order of the paper's tables.
 REGISTRY = {module.METHOD.name: module.METHOD for module in (
-    vanilla, mixup, cutmix, manifold_mixup, saliencymix, puzzle_mix, sage)}
+    vanilla, mixup, cutmix, manifold_mixup, saliencymix, puzzle_mix, co_mixup,
+    sage)}
 METHOD_NAMES = tuple(REGISTRY)
 
 
