@@ -166,6 +166,27 @@ def saliency_seconds(batch: int, size: int, repeats: int) -> dict:
   return result
 
 
+def _random_mixing_batch(batch: int, size: int) -> tuple:
+  """(images, int labels in [0, 10), saliency) on the device, seeded."""
+  rng = np.random.default_rng(0)
+  return (jax.device_put(rng.standard_normal((batch, size, size, 3), np.float32)),
+          jax.device_put(rng.integers(0, 10, (batch,)).astype(np.int32)),
+          jax.device_put(rng.random((batch, size, size), np.float32)))
+
+
+def _median_keyed_call_seconds(mix, repeats: int) -> float:
+  """Median seconds of `mix(key)` over fresh keys, after a compiling call."""
+  import time  # pylint: disable=g-import-not-at-top
+  times = []
+  for step in range(max(repeats, 5) + 1):
+    key = jax.random.key(step)
+    start = time.perf_counter()
+    jax.block_until_ready(mix(key))
+    if step:   # the first call compiles
+      times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
 def puzzle_mix_seconds(batch: int, size: int, repeats: int) -> dict:
   """Median seconds of Puzzle Mix's mixing (energy, solver, transport) per n.
 
@@ -173,24 +194,13 @@ def puzzle_mix_seconds(batch: int, size: int, repeats: int) -> dict:
   n, on random images and saliency: everything the method adds to its two
   passes except the saliency pass itself.
   """
-  import time  # pylint: disable=g-import-not-at-top
   from sage_jax import augment  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  images = jax.device_put(rng.standard_normal((batch, size, size, 3), np.float32))
-  labels = jax.device_put(rng.integers(0, 10, (batch,)).astype(np.int32))
-  saliency = jax.device_put(rng.random((batch, size, size), np.float32))
+  images, labels, saliency = _random_mixing_batch(batch, size)
   result = {}
   for n in size_overrides(size)["puzzle_mix.block_nums"]:
     mix = jax.jit(lambda key, n=n: augment.puzzle_mix(
         key, images, labels, saliency, num_classes=10, block_num=n).images)
-    times = []
-    for step in range(max(repeats, 5) + 1):
-      key = jax.random.key(step)
-      start = time.perf_counter()
-      jax.block_until_ready(mix(key))
-      if step:   # the first call compiles
-        times.append(time.perf_counter() - start)
-    result[n] = float(np.median(times))
+    result[n] = _median_keyed_call_seconds(mix, repeats)
   return result
 
 
@@ -201,23 +211,12 @@ def co_mixup_seconds(batch: int, size: int, repeats: int) -> tuple:
   of every chunk, mixing) on random images and saliency: everything the
   method adds to its two passes.
   """
-  import time  # pylint: disable=g-import-not-at-top
   from sage_jax import augment  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  images = jax.device_put(rng.standard_normal((batch, size, size, 3), np.float32))
-  labels = jax.device_put(rng.integers(0, 10, (batch,)).astype(np.int32))
-  saliency = jax.device_put(rng.random((batch, size, size), np.float32))
+  images, labels, saliency = _random_mixing_batch(batch, size)
   chunk_size = fitting_chunk_size(batch)
   mix = jax.jit(lambda key: augment.co_mixup(
       key, images, labels, saliency, num_classes=10, chunk_size=chunk_size).images)
-  times = []
-  for step in range(max(repeats, 5) + 1):
-    key = jax.random.key(step)
-    start = time.perf_counter()
-    jax.block_until_ready(mix(key))
-    if step:   # the first call compiles
-      times.append(time.perf_counter() - start)
-  return chunk_size, float(np.median(times))
+  return chunk_size, _median_keyed_call_seconds(mix, repeats)
 
 
 def count_collectives(args) -> dict:
