@@ -34,6 +34,7 @@ OMEGA = 0.001
 MIX_BONUS = 5e-4
 CONTRACT_CASES = 2010              # a third each with L = 20, 21, 23
 WORST_GAP = 0.005
+HALF_HALF = np.arange(MAX_LABELS) >= NUM_INPUTS
 
 
 # ----------------------------------------------------------------------------
@@ -253,6 +254,44 @@ def test_two_labels_and_small_grids_reach_the_optimum():
       assert got <= best + 1e-5
 
 
+@pytest.mark.parametrize("n,num_labels", [(4, 3), (4, 9), (3, 12)])
+def test_exact_when_the_labels_fit_the_restricted_solve(n, num_labels):
+  # L ≤ K (9 at n = 4, 18 at n = 3): the first step is the exact best
+  # labelling over all labels, so "moves" reaches the global minimum that
+  # the "exact" route (row DP over every labelling, any table) finds; shared
+  # non-metric table, weights of both signs.
+  assert grid_mrf.move_exact_labels(n, num_labels) == num_labels
+  rng = np.random.default_rng(10 * n + num_labels)
+  problem = random_problem(rng, 16, n, n, num_labels, per_problem=False)
+  ours = numpy_energy(np.asarray(jitted()(*as_f32(*problem))), *problem)
+  best = numpy_energy(np.asarray(grid_mrf.solve_grid_mrf(*as_f32(*problem), method="exact")),
+                      *problem)
+  np.testing.assert_allclose(ours, best, rtol=1e-5, atol=1e-5)
+  # Beyond K the solve is restricted (and the rest is local search).
+  assert grid_mrf.move_exact_labels(4, 23) == 9
+  assert grid_mrf.move_exact_labels(6, 23) == 4
+
+
+def test_preferred_labels_are_ranked_first():
+  rng = np.random.default_rng(8)
+  unary = rng.uniform(size=(4, 4, 12, 3)).astype(np.float32)      # batch last
+  unary[..., 10, :] += 5.0                                        # never cheap
+  unary[..., 11, 1] = grid_mrf.DISABLED_UNARY                     # off in problem 1
+  preferred = np.zeros((12, 3), bool)
+  preferred[[10, 11]] = True
+  ranked = np.asarray(grid_mrf._ranked_labels(  # pylint: disable=protected-access
+      jnp.asarray(unary), jnp.asarray(preferred)))
+  for b in (0, 2):
+    assert set(ranked[:2, b]) == {10, 11}
+  # A disabled label is never promoted: it comes last.
+  assert ranked[0, 1] == 10 and ranked[-1, 1] == 11
+  # Without preferences the expensive label comes last (before a disabled one).
+  plain = np.asarray(grid_mrf._ranked_labels(  # pylint: disable=protected-access
+      jnp.asarray(unary), jnp.zeros((12, 3), bool)))
+  assert plain[-1, 0] == 10 and plain[-1, 2] == 10
+  assert list(plain[-2:, 1]) == [10, 11]
+
+
 # ----------------------------------------------------------------------------
 # The gco contract on real Co-Mixup subproblems.
 
@@ -263,7 +302,8 @@ def test_at_least_as_good_as_gco_swap(saliency_data):  # noqa: F811
   cases = co_mixup_cases(saliency, CONTRACT_CASES, seed=0)
   gco_energy = np.array([case_energy(gco_swap(u, t), u, t) for u, t in cases])
   problem = padded(cases)
-  labels = np.asarray(jitted()(*problem))
+  # As Co-Mixup calls it: the half-half labels (20-22) ranked first.
+  labels = np.asarray(jitted()(*problem, preferred_labels=HALF_HALF))
   assert labels.min() >= 0
   # Disabled labels (L < 23) are never chosen.
   sizes = np.array([u.shape[-1] for u, _ in cases])
@@ -350,6 +390,15 @@ def test_bad_input():
   with pytest.raises(ValueError, match="`init` is only used by method='moves'"):
     grid_mrf.solve_grid_mrf(unary, tables[0], vertical, horizontal, method="strips",
                             init=np.zeros((2, 3, 3), np.int32))
+  with pytest.raises(ValueError, match=r"`preferred_labels` must have shape \(L,\)"):
+    solve(unary, tables, vertical, horizontal, preferred_labels=np.ones(5, bool))
+  with pytest.raises(ValueError, match="`preferred_labels` must be boolean"):
+    solve(unary, tables, vertical, horizontal, preferred_labels=np.ones(4, np.int32))
+  with pytest.raises(TypeError, match="`preferred_labels` must be a boolean array"):
+    solve(unary, tables, vertical, horizontal, preferred_labels=True)
+  with pytest.raises(ValueError, match="`preferred_labels` is only used by method='moves'"):
+    grid_mrf.solve_grid_mrf(unary, tables[0], vertical, horizontal, method="strips",
+                            preferred_labels=np.ones(4, bool))
   with pytest.raises(ValueError, match="`iterations` must be a non-negative int"):
     solve(unary, tables, vertical, horizontal, iterations=-1)
   big = as_f32(*random_problem(rng, 1, 7, 7, 2))

@@ -47,19 +47,19 @@ on the whole batch, with shapes fixed by (B, n, L):
   the move's choices, so the energy never increases. A cycle is an
   α-expansion (keep or take α, K = 2) for every label α in index order, then
   a combined move (keep, α or β, K = 3) for every pair among the
-  `MOVE_PAIR_LABELS` best-ranked labels of each problem (ranked by the
-  number of cells where a label is not dominated, see
-  `_surviving_labels`); cycles repeat until one changes nothing, at most
-  `MOVE_CYCLES` (or `iterations`). A local method, n ≤ `MOVES_MAX_SIDE`.
-  Each call first fuses the start with proposals (`MOVE_PROPOSALS` exact
-  best labellings restricted to 3 labels, over all triples of the
-  `MOVE_SUBSET_LABELS` best-ranked labels, solved side by side), so it
-  does not depend on one start's basin. Built for Co-Mixup's per-output
-  subproblems (4×4, 23 labels, batch 5): on 2,010 real-CIFAR-10 ones
-  (`tests/test_grid_mrf_moves.py`) its energy was ≤ gco's α-β swap + 1e-6
-  on 99.8% of cases (strictly lower on 31%), worst 0.44% above; on other
-  draws 1-3 cases in 2,000 were up to 1.3% above (a local method, like
-  gco's). About 8-12 ms per call of 5 problems on a shared 2-core CPU
+  `MOVE_PAIR_LABELS[c]` best-ranked labels of each problem (ranked by their
+  regret, the unary above the cell's cheapest, in the two cells where it
+  is smallest; `preferred_labels` first); cycles repeat until one changes
+  nothing, at most `MOVE_CYCLES` (or `iterations`). Each call first fuses
+  the start with the exact best labelling over the K best-ranked labels (K
+  the most with K^n ≤ `MOVE_EXACT_STATES`: 9 labels at n = 4), so with L ≤ K
+  it returns the global minimum, and otherwise does not depend on one
+  start's basin. A local method when L > K, n ≤ `MOVES_MAX_SIDE`. Built for
+  Co-Mixup's per-output subproblems (4×4, 23 labels, batch 5): on 3 × 2,010
+  real-CIFAR-10 ones (`tests/test_grid_mrf_moves.py`), with the half-half
+  labels preferred, its energy was ≤ gco's α-β swap + 1e-6 on ≥ 99.95% of
+  cases (strictly lower on ~30%), at worst 0.32% above. About 15 ms per
+  call of 5 problems on a 2-core CPU
   (`benchmarks/solver_bench.py --problem co_mixup`).
 * ``"auto"`` (default): ``"exact"`` when L^n ≤ `AUTO_EXACT_STATES` (Puzzle
   Mix n = 2, 4); otherwise ``"lifted"`` when the table is submodular and
@@ -84,7 +84,6 @@ method; pass ``method="moves"`` for them.
     labels = grid_mrf.solve_grid_mrf(unary, pairwise, w_vertical, w_horizontal)
     energy = grid_mrf.grid_mrf_energy(labels, unary, pairwise, w_vertical, w_horizontal)
 """
-import itertools
 import math
 from typing import Any, Optional
 
@@ -118,19 +117,17 @@ _ACCELERATION = 0.25
 LIFTED_POLISH_SWEEPS = 1
 STRIP_SWEEPS = 4
 # "moves": largest grid side (a combined move has 3^n row states: 729 at
-# n = 6), the cap on cycles, and how many of the best-ranked labels get a
-# combined move per pair (C(16, 2) = 120 moves per cycle). Measured on
-# Co-Mixup subproblems in `tests/test_grid_mrf_moves.py` and
+# n = 6), the cap on cycles, how many of the best-ranked labels get a
+# combined move per pair in each cycle (C(12, 2) = 66 moves in the first,
+# C(8, 2) = 28 in the second and later ones), and the row states
+# of the exact solve restricted to the best-ranked labels that starts each
+# call (K^n ≤ 9^4: all of a 4×4 grid's labellings over 9 labels). Measured
+# on Co-Mixup subproblems in `tests/test_grid_mrf_moves.py` and
 # `benchmarks/solver_bench.py --problem co_mixup`.
 MOVES_MAX_SIDE = 6
-MOVE_CYCLES = 1
-MOVE_PAIR_LABELS = 16
-# "moves" starts by fusing `init` with proposals: the exact best labellings
-# that use only 3 labels, for every triple of the 14 best-ranked labels
-# (C(14, 3) = 364, solved side by side), the 16 lowest in energy first.
-MOVE_SUBSET_LABELS = 14
-MOVE_SUBSET_SIZE = 3
-MOVE_PROPOSALS = 16
+MOVE_CYCLES = 2
+MOVE_PAIR_LABELS = (12, 8)
+MOVE_EXACT_STATES = 9 ** 4
 # A unary that switches a label off: large enough never to be chosen while
 # any enabled label exists (every energy of enabled labels is far smaller),
 # small enough that sums of 3·n² of them stay finite in float32.
@@ -676,48 +673,33 @@ def _apply_move(candidates, unary, flat_pairwise, weight_vertical,
   return jnp.take_along_axis(cand, choice[:, :, None], axis=2)[:, :, 0]
 
 
-def _surviving_labels(unary, pairwise, weight_vertical, weight_horizontal) -> jax.Array:
-  """bool (R, W, L, B): label a is not dominated in that cell.
+def _ranked_labels(unary, preferred) -> jax.Array:
+  """int32 (L, B): the labels of each problem, most promising first.
 
-  a is dominated at p by b when u_p(a) - u_p(b) exceeds the most that a's
-  edges can gain over b's, Σ_(q~p) max_x w_pq·(V(a, x) - V(b, x)) (V(x, ·)
-  where p is the lower/right end); then changing a to b at p lowers every
-  labelling's energy, so no minimiser uses a at p. Used to rank labels for
-  the pair moves.
+  A label is scored by its regret (its unary minus the cell's smallest)
+  averaged over the two cells where that regret is smallest: a label worth
+  using is the cheapest, or nearly, in a few cells, and one cell alone is
+  often noise. `preferred` (L, B) bool labels come first (in score order),
+  unless disabled (score ≥ DISABLED_UNARY / 2); ties go to the smaller
+  index.
   """
   rows, width, num_labels, batch = unary.shape
-  as_upper = pairwise[:, None] - pairwise[None]                  # (a, b, x, B)
-  transposed = jnp.swapaxes(pairwise, 0, 1)
-  as_lower = transposed[:, None] - transposed[None]              # V(x, a) - V(x, b)
-
-  def gain(weight, differences):
-    # max_x w·d(x): w·max d for w ≥ 0, w·min d for w < 0. (…, L, L, B).
-    weight = weight[..., None, None, :]
-    return jnp.where(weight >= 0, weight * differences.max(2), weight * differences.min(2))
-
-  bound = jnp.zeros((rows, width, num_labels, num_labels, batch), unary.dtype)
-  if rows > 1:
-    bound = (bound.at[:-1].add(gain(weight_vertical, as_upper))
-             .at[1:].add(gain(weight_vertical, as_lower)))
-  if width > 1:
-    bound = (bound.at[:, :-1].add(gain(weight_horizontal, as_upper))
-             .at[:, 1:].add(gain(weight_horizontal, as_lower)))
-  excess = unary[:, :, :, None] - unary[:, :, None, :]           # (R, W, a, b, B)
-  others = ~np.eye(num_labels, dtype=bool)[None, None, :, :, None]
-  return ~jnp.any((excess > bound) & others, axis=3)
+  regret = (unary - unary.min(axis=2, keepdims=True)).reshape(rows * width, num_labels, batch)
+  score = jnp.sort(regret, axis=0)[:min(2, rows * width)].mean(axis=0)   # (L, B)
+  first = preferred & (score < DISABLED_UNARY / 2)
+  by_score = jnp.argsort(score, axis=0, stable=True)
+  by_preference = jnp.argsort(~jnp.take_along_axis(first, by_score, axis=0), axis=0,
+                              stable=True)
+  return jnp.take_along_axis(by_score, by_preference, axis=0).astype(jnp.int32)
 
 
-def _ranked_labels(unary, pairwise, weight_vertical, weight_horizontal) -> jax.Array:
-  """int32 (L, B): labels by the number of cells where they survive (most
-  first), then by their total unary (smallest first), then by index."""
-  survive = _surviving_labels(unary, pairwise, weight_vertical, weight_horizontal)
-  count = survive.sum((0, 1))                                     # (L, B)
-  total = unary.sum((0, 1))
-  # Sort by total within count classes: a stable sort by total, then by count.
-  by_total = jnp.argsort(total, axis=0, stable=True)
-  count_sorted = jnp.take_along_axis(count, by_total, axis=0)
-  by_count = jnp.argsort(-count_sorted, axis=0, stable=True)
-  return jnp.take_along_axis(by_total, by_count, axis=0).astype(jnp.int32)
+def move_exact_labels(n: int, num_labels: int) -> int:
+  """K, the labels of the restricted exact solve on an n×n grid: the most
+  with K^n ≤ `MOVE_EXACT_STATES`, at most L (then the solve is exact)."""
+  k = 1
+  while k < num_labels and (k + 1) ** n <= MOVE_EXACT_STATES:
+    k += 1
+  return k
 
 
 def move_pair_schedule(num_pair_labels: int) -> np.ndarray:
@@ -744,70 +726,126 @@ def _energy_batch_last(labels, unary, flat_pairwise, weight_vertical,
   return data.sum((0, 1)) + vertical.sum((0, 1)) + horizontal.sum((0, 1))
 
 
-def _subset_proposals(problem, ranked, num_subset_labels, subset_size, count):
-  """int32 (count, R, W, B): the best labellings restricted to few labels.
+def _shared_choice_dp(choice_unary, table, weight_vertical, weight_horizontal):
+  """Exact minimiser of a grid where every cell picks one of the same K labels.
 
-  For every `subset_size`-subset of the `num_subset_labels` best-ranked
-  labels, the exact best labelling using only those labels (one move whose
-  choices are the subset's labels); all subsets are solved side by side as
-  one batch (a few sequential operations, however many subsets). Returns
-  the `count` lowest-energy ones, lowest first (ties: first subset).
+  Batch FIRST, unlike the rest of this section: each elimination takes the
+  min over the leading choice of the row state and appends the new choice
+  at the end (after n of them the digits are back in order), so the min
+  runs over an outer axis with contiguous rows, several times faster on CPU
+  than `_choice_dp` at K ≈ 9.
+
+  Args:
+    choice_unary: float (B, R, W, K), the unary of each choice in each cell.
+    table: float (B, K, K), [upper/left choice, lower/right choice], edge
+      weight not included.
+    weight_vertical, weight_horizontal: float (B, R-1, W), (B, R, W-1).
+
+  Returns:
+    int32 (B, R, W) choices (first state on ties).
   """
-  unary = problem[0]
-  rows, width, _, batch = unary.shape
-  subsets = np.array(list(itertools.combinations(range(num_subset_labels), subset_size)),
-                     np.int32)                                    # (T, s)
-  num_subsets = len(subsets)
-  labels = jnp.moveaxis(ranked[jnp.asarray(subsets)], 0, 1)       # (s, T, B)
-  labels = labels.reshape(subset_size, num_subsets * batch)
-  candidates = jnp.broadcast_to(labels[:, None, None, :],
-                                (subset_size, rows, width, num_subsets * batch))
-  # Subset t of problem b sits at batch index t·B + b.
-  tiled = tuple(jnp.tile(x, (1,) * (x.ndim - 1) + (num_subsets,)) for x in problem)
-  solved = _apply_move(candidates, *tiled)                        # (R, W, T·B)
-  energy = _energy_batch_last(solved, *tiled).reshape(num_subsets, batch)
-  best = jnp.argsort(energy, axis=0, stable=True)[:count]        # (count, B)
-  solved = solved.reshape(rows, width, num_subsets, batch)
-  return jnp.moveaxis(jnp.take_along_axis(solved, best[None, None], axis=2), 2, 0)
+  batch, rows, width, choices = choice_unary.shape
+  row_costs = choice_unary[:, :, 0]                               # (B, R, K)
+  for c in range(1, width):
+    row_costs = (row_costs.reshape(batch, rows, -1, choices, 1)
+                 + (weight_horizontal[:, :, c - 1, None, None] * table[:, None])[:, :, None]
+                 + choice_unary[:, :, c][:, :, None, None, :]).reshape(batch, rows, -1)
+  states = choices ** width
+
+  def eliminate(message, r):
+    current = message
+    for c in range(width):
+      current = current.reshape(batch, choices, states // choices, 1)
+      step = (weight_vertical[:, r, c, None, None] * table)[:, :, None, :]  # (B, K, 1, K)
+      current = jnp.min(current + step, axis=1)
+    return current.reshape(batch, states)
+
+  messages = [row_costs[:, 0]]
+  for r in range(1, rows):
+    messages.append(eliminate(messages[-1], r - 1) + row_costs[:, r])
+  powers = choices ** np.arange(width - 1, -1, -1)
+
+  def digits(state):                                              # (B,) -> (B, W)
+    return (state[:, None] // powers) % choices
+
+  state = _first_argmin(messages[-1].T)
+  chosen = [state]
+  for r in range(rows - 1, 0, -1):
+    # The best row above given this row's state, recomputed from the message.
+    below = digits(state)
+    column = jnp.take_along_axis(table, below[:, None, :], axis=2)  # [a, below_c]
+    to_below = jnp.zeros((batch, 1), table.dtype)
+    for c in range(width):
+      to_below = (to_below[:, :, None]
+                  + weight_vertical[:, r - 1, c, None, None] * column[:, None, :, c]
+                  ).reshape(batch, -1)
+    state = _first_argmin((messages[r - 1] + to_below).T)
+    chosen.append(state)
+  return digits(jnp.stack(chosen[::-1], axis=1).reshape(-1)).reshape(batch, rows, width)
+
+
+def _best_with_labels(problem, labels_k) -> jax.Array:
+  """int32 (R, W, B): the exact best labelling that uses only the K labels
+  `labels_k` (K, B) of each problem (batch last in and out)."""
+  unary, flat_pairwise, weight_vertical, weight_horizontal = problem
+  num_labels = unary.shape[2]
+  choices = labels_k.shape[0]
+  choice_unary = jnp.take_along_axis(unary, labels_k[None, None], axis=2)   # (R, W, K, B)
+  pairs = (labels_k[:, None] * num_labels + labels_k[None, :]).reshape(-1, labels_k.shape[1])
+  table = jnp.take_along_axis(flat_pairwise, pairs, axis=0).reshape(choices, choices, -1)
+  first = lambda x: jnp.moveaxis(x, -1, 0)
+  choice = _shared_choice_dp(first(choice_unary), first(table), first(weight_vertical),
+                             first(weight_horizontal))            # (B, R, W)
+  chosen = jnp.take_along_axis(first(labels_k)[:, None, None, :], choice[..., None],
+                               axis=3)[..., 0]
+  return jnp.moveaxis(chosen, 0, -1)
 
 
 def _solve_moves(labels, unary, pairwise, weight_vertical, weight_horizontal,
-                 max_cycles, num_pair_labels):
-  """Proposal fusion, then cycles of exact expansion and combined moves from
-  `labels` until a cycle changes nothing (at most `max_cycles` cycles). All
-  arrays batch last; pairwise (L, L, B)."""
-  num_labels, batch = unary.shape[2], unary.shape[3]
+                 preferred, max_cycles):
+  """The restricted exact solve fused with `labels`, then cycles of exact
+  expansion and combined moves until a cycle changes nothing (at most
+  `max_cycles` cycles; cycle c pairs the `MOVE_PAIR_LABELS[c]` best-ranked
+  labels, the last entry for later cycles). All arrays batch last;
+  pairwise (L, L, B), preferred (L, B) bool."""
+  rows, width, num_labels, batch = unary.shape
   flat = pairwise.reshape(num_labels * num_labels, batch)
   problem = (unary, flat, weight_vertical, weight_horizontal)
-  ranked = _ranked_labels(unary, pairwise, weight_vertical, weight_horizontal)
-  schedule = jnp.asarray(move_pair_schedule(num_pair_labels))
-  num_subset_labels = min(MOVE_SUBSET_LABELS, num_labels)
-  if max_cycles > 0 and num_subset_labels > MOVE_SUBSET_SIZE:
-    proposals = _subset_proposals(
-        problem, ranked, num_subset_labels, MOVE_SUBSET_SIZE,
-        min(MOVE_PROPOSALS, math.comb(num_subset_labels, MOVE_SUBSET_SIZE)))
-    # Fusion moves: each cell keeps its label or takes the proposal's.
-    labels = lax.fori_loop(
-        0, proposals.shape[0],
-        lambda j, labels: _apply_move(jnp.stack([labels, proposals[j]]), *problem),
-        labels)
+  ranked = _ranked_labels(unary, preferred)
+  if max_cycles > 0:
+    # Every labelling over the K best-ranked labels at once; fused (each
+    # cell keeps its label or takes the proposal's) so it never goes up.
+    proposal = _best_with_labels(problem, ranked[:move_exact_labels(rows, num_labels)])
+    labels = _apply_move(jnp.stack([labels, proposal]), *problem)
 
   def expansion(alpha, labels):
     return _apply_move(jnp.stack([labels, jnp.full_like(labels, alpha)]), *problem)
 
-  def combined(index, labels):
-    first = jnp.broadcast_to(ranked[schedule[index, 0]], labels.shape)
-    second = jnp.broadcast_to(ranked[schedule[index, 1]], labels.shape)
-    return _apply_move(jnp.stack([labels, first, second]), *problem)
+  def cycle(labels, num_pair_labels):
+    schedule = jnp.asarray(move_pair_schedule(min(num_pair_labels, num_labels)))
 
-  def cycle(state):
-    count, labels, _ = state
+    def combined(index, labels):
+      first = jnp.broadcast_to(ranked[schedule[index, 0]], labels.shape)
+      second = jnp.broadcast_to(ranked[schedule[index, 1]], labels.shape)
+      return _apply_move(jnp.stack([labels, first, second]), *problem)
+
     new = lax.fori_loop(0, num_labels, expansion, labels)
-    new = lax.fori_loop(0, schedule.shape[0], combined, new)
-    return count + 1, new, jnp.any(new != labels)
+    return lax.fori_loop(0, schedule.shape[0], combined, new)
 
-  state = (jnp.asarray(0, jnp.int32), labels, jnp.asarray(True))
-  return lax.while_loop(lambda s: (s[0] < max_cycles) & s[2], cycle, state)[1]
+  def guarded(state, num_pair_labels):
+    labels, changed = state
+    new = lax.cond(changed, lambda: cycle(labels, num_pair_labels), lambda: labels)
+    return new, jnp.any(new != labels)
+
+  state = (labels, jnp.asarray(True))
+  for c in range(min(max_cycles, len(MOVE_PAIR_LABELS))):
+    state = guarded(state, MOVE_PAIR_LABELS[c])
+  if max_cycles > len(MOVE_PAIR_LABELS):
+    count = jnp.asarray(len(MOVE_PAIR_LABELS), jnp.int32)
+    state = lax.while_loop(lambda s: (s[0] < max_cycles) & s[2],
+                           lambda s: (s[0] + 1,) + guarded(s[1:], MOVE_PAIR_LABELS[-1]),
+                           (count,) + state)[1:]
+  return state[0]
 
 
 # ----------------------------------------------------------------------------
@@ -818,7 +856,7 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
                    weight_horizontal: Any, *, method: str = "auto",
                    iterations: Optional[int] = None,
                    polish_sweeps: Optional[int] = None,
-                   init: Any = None) -> jax.Array:
+                   init: Any = None, preferred_labels: Any = None) -> jax.Array:
   """Labels minimising each grid's energy (see the module docstring).
 
   jit- and vmap-safe; n and L come from the shapes, so each (B, n, L) is one
@@ -850,6 +888,12 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
       (default 4).
     init: "moves" only: int (B, n, n) starting labels in [0, L) (default:
       each cell's smallest unary, first index on ties). None elsewhere.
+    preferred_labels: "moves" only: bool (L,) or (B, L), labels ranked
+      first for the restricted exact solve and the combined moves, whatever
+      their unaries (default none). For labels that are never the cheapest
+      in a cell on their own but pair cheaply with others, such as
+      Co-Mixup's half-half labels. A disabled label is never promoted. None
+      elsewhere.
 
   Returns:
     int32 (B, n, n) labels in [0, L).
@@ -857,9 +901,10 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
   Raises:
     ValueError: on wrong ranks or shapes (`unary` not (B, n, n, L) with
       B, n ≥ 1 and L ≥ 2; `pairwise` not (L, L) or, for "moves", (B, L, L);
-      weights not (B, n-1, n) / (B, n, n-1); `init` not (B, n, n)),
+      weights not (B, n-1, n) / (B, n, n-1); `init` not (B, n, n);
+      `preferred_labels` not (L,) or (B, L)),
       non-floating inputs, non-integer or (when concrete) out-of-range
-      `init`, an unknown `method`, "exact" with L^n > MAX_EXACT_STATES,
+      `init`, non-boolean `preferred_labels`, an unknown `method`, "exact" with L^n > MAX_EXACT_STATES,
       "moves" with n > MOVES_MAX_SIDE, or "lifted" with a concrete
       non-submodular table or concrete negative weights.
     TypeError: if `method`, `iterations` or `polish_sweeps` is traced.
@@ -872,10 +917,11 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
       unary, pairwise, weight_vertical, weight_horizontal)
   if method not in METHODS:
     raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
-  if init is not None and method != "moves":
-    raise ValueError(
-        f"`init` is only used by method='moves'; got method={method!r}. Drop "
-        "`init` or pass method='moves'.")
+  for name, value in (("init", init), ("preferred_labels", preferred_labels)):
+    if value is not None and method != "moves":
+      raise ValueError(
+          f"`{name}` is only used by method='moves'; got method={method!r}. Drop "
+          f"`{name}` or pass method='moves'.")
   if pairwise.ndim == 3 and method != "moves":
     raise ValueError(
         f"method={method!r} takes one (L, L) `pairwise` table for the batch; "
@@ -887,7 +933,7 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
       raise ValueError(f"`{name}` must be a non-negative int; got {value!r}.")
   if method == "moves":
     return _solve_moves_route(unary, pairwise, weight_vertical, weight_horizontal,
-                              iterations, init)
+                              iterations, init, preferred_labels)
   _, n, _, num_labels = unary.shape
   route = method
   if method == "auto":
@@ -938,7 +984,7 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
 
 
 def _solve_moves_route(unary, pairwise, weight_vertical, weight_horizontal,
-                       iterations, init) -> jax.Array:
+                       iterations, init, preferred_labels) -> jax.Array:
   """Checks and runs method="moves" on checked float32 arrays (batch first)."""
   batch, n, _, num_labels = unary.shape
   if n > MOVES_MAX_SIDE:
@@ -966,12 +1012,27 @@ def _solve_moves_route(unary, pairwise, weight_vertical, weight_horizontal,
             f"`init` must lie in [0, L={num_labels}); got values in "
             f"[{values.min()}, {values.max()}].")
     labels = jnp.asarray(init, jnp.int32)
+  if preferred_labels is None:
+    preferred = jnp.zeros((batch, num_labels), bool)
+  else:
+    if not hasattr(preferred_labels, "shape") and not isinstance(preferred_labels,
+                                                                 (list, tuple)):
+      raise TypeError("`preferred_labels` must be a boolean array; got "
+                      f"{_checks.describe(preferred_labels)}.")
+    if jnp.shape(preferred_labels) not in ((num_labels,), (batch, num_labels)):
+      raise ValueError(
+          f"`preferred_labels` must have shape (L,) = ({num_labels},) or (B, L) = "
+          f"{(batch, num_labels)} to match `unary`; got {jnp.shape(preferred_labels)}.")
+    if jnp.result_type(preferred_labels) != jnp.bool_:
+      raise ValueError(
+          "`preferred_labels` must be boolean (True = rank first); got dtype "
+          f"{jnp.result_type(preferred_labels)}.")
+    preferred = jnp.broadcast_to(jnp.asarray(preferred_labels), (batch, num_labels))
   if pairwise.ndim == 2:
     pairwise = jnp.broadcast_to(pairwise, (batch,) + pairwise.shape)
   labels = _solve_moves(
       jnp.moveaxis(labels, 0, -1), jnp.moveaxis(unary, 0, -1),
       jnp.moveaxis(pairwise, 0, -1), jnp.moveaxis(weight_vertical, 0, -1),
-      jnp.moveaxis(weight_horizontal, 0, -1),
-      MOVE_CYCLES if iterations is None else iterations,
-      min(MOVE_PAIR_LABELS, num_labels))
+      jnp.moveaxis(weight_horizontal, 0, -1), jnp.moveaxis(preferred, 0, -1),
+      MOVE_CYCLES if iterations is None else iterations)
   return jnp.moveaxis(labels, -1, 0).astype(jnp.int32)
