@@ -16,31 +16,23 @@ import functools
 import importlib
 import os
 import re
-import tarfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from PIL import Image
 import pytest
 
 from sage_jax import augment
 from sage_jax import models
 from sage_jax.augment import grid_mrf
+from cifar_archive import CIFAR_MEAN, CIFAR_STD, load_test_images
 import comixup_reference as ref
 
 cm = importlib.import_module("sage_jax.augment.co_mixup")
 
-ARCHIVE = os.environ.get(
-    "SAGE_CIFAR10_ARCHIVE",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "shared", "data", "cifar10-jpeg.tar.gz"))
 # 10 test images per class: 100 real images, 5 batches of 20.
-MEMBER = re.compile(r"cifar10-jpeg/test/[a-z]+/000\d\.jpg$")
 NUM_IMAGES = 100
-CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
-CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 RELEASE = dict(beta=0.32, gamma=1.0, eta=0.05, tau=0.83)
 HYPER = ("beta", "gamma", "eta", "tau")
 
@@ -282,23 +274,10 @@ def test_public_assignment_is_the_labeling_of_its_draws():
 @pytest.fixture(scope="module")
 def cifar_saliency(tmp_path_factory):
   """(normalised images (100,32,32,3), labels (100,), saliency (100,32,32))."""
-  if not os.path.exists(ARCHIVE):
-    pytest.skip(f"CIFAR-10 archive not found at {ARCHIVE} (set SAGE_CIFAR10_ARCHIVE).")
-  dest = tmp_path_factory.mktemp("cifar10_comixup")
-  paths = []
-  with tarfile.open(ARCHIVE) as tar:
-    for member in tar:
-      if member.isfile() and MEMBER.match(member.name):
-        path = dest / member.name.replace("/", "_")   # our own flat names
-        path.write_bytes(tar.extractfile(member).read())
-        paths.append(path)
-  assert len(paths) == NUM_IMAGES
-  paths = sorted(paths)
+  images, labels = load_test_images(tmp_path_factory.mktemp("cifar10_comixup"),
+                                    NUM_IMAGES // 10)
   order = np.random.default_rng(0).permutation(NUM_IMAGES)   # mix the classes
-  images = np.stack([np.asarray(Image.open(paths[i]).convert("RGB")) for i in order])
-  labels = np.array([["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                      "horse", "ship", "truck"].index(paths[i].name.split("_")[2])
-                     for i in order])
+  images, labels = images[order], labels[order]
   normalised = ((images.astype(np.float32) / 255.0 - CIFAR_MEAN) / CIFAR_STD)
   model = models.create_model("preactresnet8", num_classes=10, width=8)
   variables = jax.jit(lambda key, x: model.init(key, x, train=False))(
@@ -534,3 +513,60 @@ def test_apply_rejects_mismatched_assignment():
   with pytest.raises(ValueError, match="assignment"):
     augment.co_mixup_apply(images, np.eye(5, dtype=np.float32)[labels],
                            np.zeros((8, 3, 2, 2), np.float32))
+
+
+# --- The program: main.py trains and evaluates it; other architectures ---------------
+
+
+def test_main_trains_and_evaluates_co_mixup_on_eight_devices(tmp_path):
+  import json
+  import subprocess
+  import sys
+  from test_train import REPO, make_image_folder
+  folder = make_image_folder(tmp_path / "images", per_class=16, size=16)
+  workdir = tmp_path / "run"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  common = [f"--workdir={workdir}", "--config", "configs/smoke.py",
+            "--config.dataset.name=image_folder", f"--config.dataset.data_dir={folder}",
+            "--config.model.width=4", "--config.eval_batch_size=8"]
+  # 4 images per device: one chunk of 4 each, on a 4×4 grid of 4×4 blocks.
+  result = subprocess.run(
+      [sys.executable, "main.py", *common, "--config.method=co_mixup",
+       "--config.co_mixup.chunk_size=4", "--config.batch_size=32",
+       "--config.num_train_steps=2", "--config.log_every_steps=1"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in train_rows] == [1, 2]
+  for row in train_rows:
+    assert np.isfinite(row["loss"]) and 0 <= row["mix_label_weight"] <= 1
+    assert 1 <= row["inputs_per_output"] <= 4
+  result = subprocess.run([sys.executable, "main.py", *common, "--mode=eval"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (workdir / "eval.json").exists()
+
+
+@pytest.mark.parametrize("name", ["wrn16_8", "resnext29_4_24"])
+def test_co_mixup_step_on_the_other_architectures(name):
+  from sage_jax import methods
+  from sage_jax import train
+  from test_train import tiny_config
+  # 2×2 blocks: the smallest solver to compile; the model is what is tested.
+  config = tiny_config(method="co_mixup", **{"co_mixup.block_num": 2})
+  model = models.create_model(name, num_classes=10, width=4)
+  step = train.make_method_step(config, model, train.LOSS_FNS["bce_softmax"], 10,
+                                tuple(CIFAR_MEAN), tuple(CIFAR_STD))
+  rng = np.random.default_rng(12)
+  images = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+  batch = methods.Batch(jnp.asarray(images), jnp.zeros(images.shape, jnp.uint8),
+                        jnp.asarray(rng.integers(0, 10, 4).astype(np.int32)))
+  variables = model.init(jax.random.key(0), batch.images, train=False)
+  out = jax.jit(step)(jax.random.key(1), variables["params"], variables["batch_stats"],
+                      batch)
+  assert jax.tree.structure(out.grads) == jax.tree.structure(variables["params"])
+  for value in jax.tree.leaves((out.grads, out.metrics)):
+    assert np.all(np.isfinite(value))
+  assert 1.0 <= float(out.metrics["inputs_per_output"]) <= 2.0

@@ -11,31 +11,21 @@ Puzzle Mix's saliency pass computes it (§3.1), on the real images.
 """
 import functools
 import itertools
-import os
-import re
-import tarfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from PIL import Image
 import pytest
 
 from sage_jax import models
 from sage_jax.augment import grid_mrf
+from cifar_archive import CIFAR_MEAN, CIFAR_STD, load_test_images
 import puzzle_reference as ref
 
-ARCHIVE = os.environ.get(
-    "SAGE_CIFAR10_ARCHIVE",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "shared", "data", "cifar10-jpeg.tar.gz"))
 # 30 test images per class: 300 real images, paired at random into cases
 # (~45,000 distinct ordered pairs for the 2,048 cases per block count).
-MEMBER = re.compile(r"cifar10-jpeg/test/[a-z]+/00[0-2]\d\.jpg$")
 NUM_IMAGES = 300
-CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
-CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 BATCH = 128
 # 16 batches of 128 = 2,048 cases per block count (≥ 2,000 after skipping
 # gco's int32-overflow cases, of which real maps give none so far).
@@ -135,23 +125,7 @@ def solve(problem, **options):
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory):
   """uint8 (300, 32, 32, 3) RGB CIFAR-10 test images and their int labels."""
-  if not os.path.exists(ARCHIVE):
-    pytest.skip(f"CIFAR-10 archive not found at {ARCHIVE} "
-                "(set SAGE_CIFAR10_ARCHIVE).")
-  dest = tmp_path_factory.mktemp("cifar10_mrf")
-  paths = []
-  with tarfile.open(ARCHIVE) as tar:
-    for member in tar:
-      if member.isfile() and MEMBER.match(member.name):
-        path = dest / member.name.replace("/", "_")  # our own flat names
-        path.write_bytes(tar.extractfile(member).read())
-        paths.append(path)
-  assert len(paths) == NUM_IMAGES
-  images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(paths)])
-  labels = np.array([["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                      "horse", "ship", "truck"].index(p.name.split("_")[2])
-                     for p in sorted(paths)])
-  return images, labels
+  return load_test_images(tmp_path_factory.mktemp("cifar10_mrf"), NUM_IMAGES // 10)
 
 
 @pytest.fixture(scope="module")

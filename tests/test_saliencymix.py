@@ -5,32 +5,22 @@ of `fine_grained_saliency` and of the released code's box; real images come
 from the CIFAR-10 JPEG archive next to the repository.
 """
 import importlib
-import os
-import re
 import sys
-import tarfile
 
 import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import pytest
 
 from sage_jax import augment
+from cifar_archive import CIFAR_MEAN, CIFAR_STD, load_test_images
 
 # `augment.saliencymix` is the function (the package re-exports it under the
 # module's name), so the module itself comes from importlib.
 sm = importlib.import_module("sage_jax.augment.saliencymix")
 
-ARCHIVE = os.environ.get(
-    "SAGE_CIFAR10_ARCHIVE",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "shared", "data", "cifar10-jpeg.tar.gz"))
 # 60 test images per class: 600 real images, enough for ≥ 500 parity checks.
-MEMBER = re.compile(r"cifar10-jpeg/test/[a-z]+/00[0-5]\d\.jpg$")
-CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
-CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 
 SALIENCY_JIT = jax.jit(augment.fine_grained_saliency)
 SALIENCYMIX_JIT = jax.jit(augment.saliencymix,
@@ -40,20 +30,7 @@ SALIENCYMIX_JIT = jax.jit(augment.saliencymix,
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory):
   """uint8 (600, 32, 32, 3) RGB test images, extracted into pytest's tmp dir."""
-  if not os.path.exists(ARCHIVE):
-    pytest.skip(f"CIFAR-10 archive not found at {ARCHIVE} "
-                "(set SAGE_CIFAR10_ARCHIVE).")
-  dest = tmp_path_factory.mktemp("cifar10")
-  paths = []
-  with tarfile.open(ARCHIVE) as tar:
-    for member in tar:
-      if member.isfile() and MEMBER.match(member.name):
-        # Written under a name of our own, so the archive cannot choose paths.
-        path = dest / member.name.replace("/", "_")
-        path.write_bytes(tar.extractfile(member).read())
-        paths.append(path)
-  assert len(paths) == 600
-  return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(paths)])
+  return load_test_images(tmp_path_factory.mktemp("cifar10"), 60)[0]
 
 
 def cv2_saliency(image):

@@ -278,12 +278,16 @@ def _solve_outputs(unary: jax.Array, tables: jax.Array, weight_vertical: jax.Arr
   (tests/test_grid_mrf_moves.py). The "strips" route was above gco on 24 %
   of them and mixed more inputs per output (1.5 vs gco's 1.1).
   """
-  preferred = jnp.arange(unary.shape[-1]) >= unary.shape[-1] - NUM_MIXED_LABELS
+  num_labels = unary.shape[-1]
+  # The enabled half-half labels of each chunk (a disabled one would take a
+  # place in the exact solve for nothing).
+  preferred = ((jnp.arange(num_labels) >= num_labels - NUM_MIXED_LABELS)
+               & (unary[:, 0, 0, :] < _DISABLED_COST / 2))              # (P, L)
 
-  def one(u, table, wv, wh):
+  def one(u, table, wv, wh, prefer):
     return grid_mrf.solve_grid_mrf(u[None], table, wv[None], wh[None],
-                                   method=SOLVER_METHOD, preferred_labels=preferred)[0]
-  return jax.vmap(one)(unary, tables, weight_vertical, weight_horizontal)
+                                   method=SOLVER_METHOD, preferred_labels=prefer)[0]
+  return jax.vmap(one)(unary, tables, weight_vertical, weight_horizontal, preferred)
 
 
 def _co_mixup_labeling(block_cost: jax.Array, compat: jax.Array, prior: jax.Array,

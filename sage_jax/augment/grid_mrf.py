@@ -84,7 +84,6 @@ method; pass ``method="moves"`` for them.
     labels = grid_mrf.solve_grid_mrf(unary, pairwise, w_vertical, w_horizontal)
     energy = grid_mrf.grid_mrf_energy(labels, unary, pairwise, w_vertical, w_horizontal)
 """
-import math
 from typing import Any, Optional
 
 import jax
@@ -892,8 +891,9 @@ def solve_grid_mrf(unary: Any, pairwise: Any, weight_vertical: Any,
       first for the restricted exact solve and the combined moves, whatever
       their unaries (default none). For labels that are never the cheapest
       in a cell on their own but pair cheaply with others, such as
-      Co-Mixup's half-half labels. A disabled label is never promoted. None
-      elsewhere.
+      Co-Mixup's half-half labels. A label disabled with a unary ≥
+      DISABLED_UNARY / 2 is not promoted (pass False for labels disabled
+      with a smaller cost). None elsewhere.
 
   Returns:
     int32 (B, n, n) labels in [0, L).
