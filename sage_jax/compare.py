@@ -244,9 +244,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
+  from sage_jax import cli  # pylint: disable=g-import-not-at-top
   from sage_jax import datasets  # pylint: disable=g-import-not-at-top
   if _CONFIG.value.multi_host:
-    jax.distributed.initialize()
+    # As main.py: the environment's coordinator and the heartbeat timeout.
+    cli.initialize_distributed(_CONFIG.value, jax)
   # Download (or stop quickly with what to do) before any method trains.
   datasets.prepare_for_run(_CONFIG.value)
   table = compare(_CONFIG.value, _WORKDIR.value, _METHODS.value,

@@ -149,6 +149,17 @@ def _weights_caption(names: Sequence[str], own: Sequence[int], partner: Sequence
           for a, b, w in zip(own, partner, np.asarray(weight, np.float64))]
 
 
+def _top_classes_caption(names: Sequence[str], label_vectors: np.ndarray) -> list[str]:
+  """Per row the two heaviest classes of a (n, K) label vector, e.g.
+  "ship 0.75\\ncat 0.25" (one line when a single class has all the weight)."""
+  captions = []
+  for vector in np.asarray(label_vectors, np.float64):
+    top = np.argsort(-vector, kind="stable")[:2]
+    lines = [f"{names[c]} {vector[c]:.2f}" for c in top if vector[c] > 0.005]
+    captions.append("\n".join(lines))
+  return captions
+
+
 def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
                 saliency: jax.Array, *, num_classes: int, lam: float,
                 search: str = "sampled", sample_fraction: float = 0.01,
@@ -177,7 +188,8 @@ def mix_columns(key: jax.Array, images: jax.Array, labels: np.ndarray,
     (the training step uses one box per batch). Puzzle Mix uses `saliency`
     with the block count `puzzle_block_num(H)` (training draws one per
     batch). Co-Mixup mixes all 2n images as one chunk (training: chunks of
-    20); its weight is the share of image i in output i.
+    20); its weight is the share of image i in output i, and "Co-Mixup
+    labels" (n, K) holds the outputs' label vectors.
   """
   num_pairs = images.shape[0] // 2
   # One compiled program for all methods: op-by-op dispatch of six SAGE
@@ -251,6 +263,9 @@ def _all_methods(key, images, labels, saliency, lam, *, num_classes, search,
                                jnp.zeros((num_pairs,) + images.shape[1:3] + (1,))])
   masks = augment.sage(key, indicator, labels, saliency, **sage_args).images
   columns = {name: (r.images, r.lam) for name, r in results.items()}
+  # Co-Mixup's output i mixes any images of the chunk, not image i and its
+  # partner: its caption comes from its label vector.
+  columns["Co-Mixup labels"] = results["Co-Mixup"].labels
   columns["mask"] = masks[..., 0]
   columns["offset"] = results["SAGE"].offset
   return columns
@@ -379,7 +394,10 @@ def augmentation_grid(images_uint8: np.ndarray, labels: np.ndarray,
   for name in method_names:
     mixed, weight = columns[name]
     mixed = denormalize(mixed, mean, std)
-    for k, text in enumerate(_weights_caption(class_names, own, partner, weight)):
+    texts = (_top_classes_caption(class_names, columns["Co-Mixup labels"])
+             if name == "Co-Mixup" else
+             _weights_caption(class_names, own, partner, weight))
+    for k, text in enumerate(texts):
       cells[k].append(_to_rgb(mixed[k]))
       captions[k].append(text)
   search_text = (f"{search} search ({augment.num_sampled_offsets(*images.shape[1:3], sample_fraction)} shifts)"

@@ -98,6 +98,18 @@ def test_mix_columns_share_pair_lambda_and_offsets():
     want = np.where(inside[..., None], normalised[perm[k]], normalised[k])
     np.testing.assert_array_equal(columns["SaliencyMix"][0][k], want)
     assert columns["SaliencyMix"][1][k] == pytest.approx(1 - inside.mean())
+  # Co-Mixup's outputs mix any of the 4 images: captions come from their
+  # label vectors (rows sum to 1), not from the pair.
+  vectors = columns["Co-Mixup labels"]
+  assert vectors.shape == (2, 3)
+  np.testing.assert_allclose(vectors.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_co_mixup_caption_names_the_heaviest_classes():
+  names = ["cat", "dog", "ship"]
+  captions = visualize._top_classes_caption(  # pylint: disable=protected-access
+      names, np.array([[0.25, 0.0, 0.75], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]))
+  assert captions == ["ship 0.75\ncat 0.25", "dog 1.00", "cat 0.50\ndog 0.50"]
 
 
 def test_pick_pairs_draws_distinct_images_of_different_classes():
