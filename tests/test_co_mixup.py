@@ -14,7 +14,6 @@
 """
 import functools
 import importlib
-import os
 import re
 
 import jax
@@ -519,54 +518,21 @@ def test_apply_rejects_mismatched_assignment():
 
 
 def test_main_trains_and_evaluates_co_mixup_on_eight_devices(tmp_path):
-  import json
-  import subprocess
-  import sys
-  from test_train import REPO, make_image_folder
-  folder = make_image_folder(tmp_path / "images", per_class=16, size=16)
-  workdir = tmp_path / "run"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  common = [f"--workdir={workdir}", "--config", "configs/smoke.py",
-            "--config.dataset.name=image_folder", f"--config.dataset.data_dir={folder}",
-            "--config.model.width=4", "--config.eval_batch_size=8"]
+  from test_train import main_train_then_eval
   # 4 images per device: one chunk of 4 each, on a 4×4 grid of 4×4 blocks.
-  result = subprocess.run(
-      [sys.executable, "main.py", *common, "--config.method=co_mixup",
-       "--config.co_mixup.chunk_size=4", "--config.batch_size=32",
-       "--config.num_train_steps=2", "--config.log_every_steps=1"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  train_rows = [r for r in records if r["split"] == "train"]
-  assert [r["step"] for r in train_rows] == [1, 2]
-  for row in train_rows:
+  rows = main_train_then_eval(
+      tmp_path, ["--config.method=co_mixup", "--config.co_mixup.chunk_size=4"], 32)
+  for row in rows:
     assert np.isfinite(row["loss"]) and 0 <= row["mix_label_weight"] <= 1
     assert 1 <= row["inputs_per_output"] <= 4
-  result = subprocess.run([sys.executable, "main.py", *common, "--mode=eval"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert (workdir / "eval.json").exists()
 
 
 @pytest.mark.parametrize("name", ["wrn16_8", "resnext29_4_24"])
 def test_co_mixup_step_on_the_other_architectures(name):
-  from sage_jax import methods
-  from sage_jax import train
-  from test_train import tiny_config
+  from test_train import one_method_step, tiny_config
   # 2×2 blocks: the smallest solver to compile; the model is what is tested.
   config = tiny_config(method="co_mixup", **{"co_mixup.block_num": 2})
-  model = models.create_model(name, num_classes=10, width=4)
-  step = train.make_method_step(config, model, train.LOSS_FNS["bce_softmax"], 10,
-                                tuple(CIFAR_MEAN), tuple(CIFAR_STD))
   rng = np.random.default_rng(12)
-  images = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
-  batch = methods.Batch(jnp.asarray(images), jnp.zeros(images.shape, jnp.uint8),
-                        jnp.asarray(rng.integers(0, 10, 4).astype(np.int32)))
-  variables = model.init(jax.random.key(0), batch.images, train=False)
-  out = jax.jit(step)(jax.random.key(1), variables["params"], variables["batch_stats"],
-                      batch)
-  assert jax.tree.structure(out.grads) == jax.tree.structure(variables["params"])
-  for value in jax.tree.leaves((out.grads, out.metrics)):
-    assert np.all(np.isfinite(value))
+  out = one_method_step(config, name, rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
+                        rng.integers(0, 10, 4).astype(np.int32), CIFAR_MEAN, CIFAR_STD)
   assert 1.0 <= float(out.metrics["inputs_per_output"]) <= 2.0

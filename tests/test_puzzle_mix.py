@@ -231,54 +231,17 @@ def test_bad_shapes():
 
 
 def test_main_trains_and_evaluates_puzzle_mix_on_eight_devices(tmp_path):
-  import json
-  import os
-  import subprocess
-  import sys
-  from test_train import REPO, make_image_folder
-  folder = make_image_folder(tmp_path / "images", per_class=16, size=16)
-  workdir = tmp_path / "run"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  common = [f"--workdir={workdir}", "--config", "configs/smoke.py",
-            "--config.dataset.name=image_folder", f"--config.dataset.data_dir={folder}",
-            "--config.model.width=4", "--config.eval_batch_size=8"]
+  from test_train import main_train_then_eval
   # 16×16 images: all four block counts fit; 2 images per device.
-  result = subprocess.run(
-      [sys.executable, "main.py", *common, "--config.method=puzzle_mix",
-       "--config.batch_size=16", "--config.num_train_steps=2",
-       "--config.log_every_steps=1"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  train_rows = [r for r in records if r["split"] == "train"]
-  assert [r["step"] for r in train_rows] == [1, 2]
-  for row in train_rows:
+  for row in main_train_then_eval(tmp_path, ["--config.method=puzzle_mix"], 16):
     assert np.isfinite(row["loss"]) and 0 <= row["mix_label_weight"] <= 1
     assert 2 <= row["block_num"] <= 16
-  result = subprocess.run([sys.executable, "main.py", *common, "--mode=eval"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert (workdir / "eval.json").exists()
 
 
 @pytest.mark.parametrize("name", ["wrn16_8", "resnext29_4_24"])
 def test_puzzle_mix_step_on_the_other_architectures(name):
-  from sage_jax import methods
-  from sage_jax import models
-  from sage_jax import train
-  from test_train import tiny_config
+  from test_train import one_method_step, tiny_config
   config = tiny_config(method="puzzle_mix", **{"puzzle_mix.block_nums": (4,)})
-  model = models.create_model(name, num_classes=10, width=4)
-  step = train.make_method_step(config, model, train.LOSS_FNS["bce_softmax"], 10,
-                                tuple(MEAN), tuple(STD))
   images, _, _, labels, _ = make_batch(batch=4, size=8, seed=11)
-  batch = methods.Batch(jnp.asarray(images), jnp.zeros(images.shape, jnp.uint8),
-                        jnp.asarray(labels))
-  variables = model.init(jax.random.key(0), batch.images, train=False)
-  out = jax.jit(step)(jax.random.key(1), variables["params"], variables["batch_stats"],
-                      batch)
-  assert jax.tree.structure(out.grads) == jax.tree.structure(variables["params"])
-  for value in jax.tree.leaves((out.grads, out.metrics)):
-    assert np.all(np.isfinite(value))
+  out = one_method_step(config, name, images, labels, MEAN, STD)
   assert float(out.metrics["block_num"]) == 4.0

@@ -63,6 +63,55 @@ def restored_state(workdir):
   return step, target
 
 
+def main_train_then_eval(tmp_path, method_flags, batch_size):
+  """Runs `main.py` (smoke config, 16×16 image folder, 8 forced devices) for
+  2 steps with `method_flags`, then `--mode=eval` on the same workdir.
+
+  Returns the train rows of metrics.jsonl; asserts both runs succeed and
+  eval.json is written.
+  """
+  folder = make_image_folder(tmp_path / "images", per_class=16, size=16)
+  workdir = tmp_path / "run"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  common = [f"--workdir={workdir}", "--config", "configs/smoke.py",
+            "--config.dataset.name=image_folder", f"--config.dataset.data_dir={folder}",
+            "--config.model.width=4", "--config.eval_batch_size=8"]
+  result = subprocess.run(
+      [sys.executable, "main.py", *common, *method_flags,
+       f"--config.batch_size={batch_size}", "--config.num_train_steps=2",
+       "--config.log_every_steps=1"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in train_rows] == [1, 2]
+  result = subprocess.run([sys.executable, "main.py", *common, "--mode=eval"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (workdir / "eval.json").exists()
+  return train_rows
+
+
+def one_method_step(config, model_name, images, labels, mean, std):
+  """One jitted `train.make_method_step` step of `config.method` on a width-4
+  `model_name` (10 classes); asserts the gradients have the parameters'
+  structure and everything is finite. Returns the step's output."""
+  from sage_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.create_model(model_name, num_classes=10, width=4)
+  step = train.make_method_step(config, model, train.LOSS_FNS["bce_softmax"], 10,
+                                tuple(mean), tuple(std))
+  batch = methods.Batch(jax.numpy.asarray(images), jax.numpy.zeros(images.shape, np.uint8),
+                        jax.numpy.asarray(labels))
+  variables = model.init(jax.random.key(0), batch.images, train=False)
+  out = jax.jit(step)(jax.random.key(1), variables["params"], variables["batch_stats"],
+                      batch)
+  assert jax.tree.structure(out.grads) == jax.tree.structure(variables["params"])
+  for value in jax.tree.leaves((out.grads, out.metrics)):
+    assert np.all(np.isfinite(value))
+  return out
+
+
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
   return make_image_folder(tmp_path_factory.mktemp("images"))
