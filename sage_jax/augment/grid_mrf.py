@@ -55,12 +55,12 @@ on the whole batch, with shapes fixed by (B, n, L):
   the most with K^n ≤ `MOVE_EXACT_STATES`: 9 labels at n = 4), so with L ≤ K
   it returns the global minimum, and otherwise does not depend on one
   start's basin. A local method when L > K, n ≤ `MOVES_MAX_SIDE`. Built for
-  Co-Mixup's per-output subproblems (4×4, 23 labels, batch 5): on 3 × 2,010
-  real-CIFAR-10 ones (`tests/test_grid_mrf_moves.py`), with the half-half
-  labels preferred, its energy was ≤ gco's α-β swap + 1e-6 on ≥ 99.95% of
-  cases (strictly lower on ~30%), at worst 0.32% above. About 15 ms per
-  call of 5 problems on a 2-core CPU
-  (`benchmarks/solver_bench.py --problem co_mixup`).
+  Co-Mixup's per-output subproblems (4×4, 23 labels, batch 5): on five
+  draws of 2,010 real-CIFAR-10 ones (`tests/test_grid_mrf_moves.py`'s
+  saliency, seeds 0-4), with the half-half labels preferred, its energy was
+  ≤ gco's α-β swap + 1e-6 on ≥ 99.95% of cases (strictly lower on ~31%),
+  at worst 0.32% above. About 19 ms per call of 5 problems (vmapped) on a
+  2-core CPU (`benchmarks/solver_bench.py --problem co_mixup`).
 * ``"auto"`` (default): ``"exact"`` when L^n ≤ `AUTO_EXACT_STATES` (Puzzle
   Mix n = 2, 4); otherwise ``"lifted"`` when the table is submodular and
   every weight is ≥ 0, else ``"strips"``. That test is made while tracing
