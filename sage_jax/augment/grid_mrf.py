@@ -711,20 +711,6 @@ def move_pair_schedule(num_pair_labels: int) -> np.ndarray:
                   np.int32).reshape(-1, 2)
 
 
-def _energy_batch_last(labels, unary, flat_pairwise, weight_vertical,
-                       weight_horizontal) -> jax.Array:
-  """(B,) energies of labels (R, W, B); flat_pairwise (L·L, B)."""
-  num_labels, batch = unary.shape[2], unary.shape[3]
-  data = jnp.take_along_axis(unary, labels[:, :, None], axis=2)[:, :, 0]
-  vertical = jnp.take_along_axis(
-      flat_pairwise, (labels[:-1] * num_labels + labels[1:]).reshape(-1, batch),
-      axis=0).reshape(weight_vertical.shape) * weight_vertical
-  horizontal = jnp.take_along_axis(
-      flat_pairwise, (labels[:, :-1] * num_labels + labels[:, 1:]).reshape(-1, batch),
-      axis=0).reshape(weight_horizontal.shape) * weight_horizontal
-  return data.sum((0, 1)) + vertical.sum((0, 1)) + horizontal.sum((0, 1))
-
-
 def _shared_choice_dp(choice_unary, table, weight_vertical, weight_horizontal):
   """Exact minimiser of a grid where every cell picks one of the same K labels.
 
@@ -762,16 +748,11 @@ def _shared_choice_dp(choice_unary, table, weight_vertical, weight_horizontal):
   messages = [row_costs[:, 0]]
   for r in range(1, rows):
     messages.append(eliminate(messages[-1], r - 1) + row_costs[:, r])
-  powers = choices ** np.arange(width - 1, -1, -1)
-
-  def digits(state):                                              # (B,) -> (B, W)
-    return (state[:, None] // powers) % choices
-
   state = _first_argmin(messages[-1].T)
   chosen = [state]
   for r in range(rows - 1, 0, -1):
     # The best row above given this row's state, recomputed from the message.
-    below = digits(state)
+    below = _digits(state, width, choices).T                      # (B, W)
     column = jnp.take_along_axis(table, below[:, None, :], axis=2)  # [a, below_c]
     to_below = jnp.zeros((batch, 1), table.dtype)
     for c in range(width):
@@ -780,7 +761,7 @@ def _shared_choice_dp(choice_unary, table, weight_vertical, weight_horizontal):
                   ).reshape(batch, -1)
     state = _first_argmin((messages[r - 1] + to_below).T)
     chosen.append(state)
-  return digits(jnp.stack(chosen[::-1], axis=1).reshape(-1)).reshape(batch, rows, width)
+  return jnp.moveaxis(_digits(jnp.stack(chosen[::-1]), width, choices), -1, 0)
 
 
 def _best_with_labels(problem, labels_k) -> jax.Array:
